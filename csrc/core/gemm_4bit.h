@@ -1,0 +1,18 @@
+// Matmul against a 4-bit blockwise weight (CPU reference): C = A @ dequant(W)^T + bias.
+// W has shape (N, K) row-major, packed as in blockwise_4bit.h with float32 absmax (double-quantized
+// absmax is decoded by the caller first: it is N*K/blocksize floats, small next to W).
+// Each thread takes a range of output columns n, dequantizes row n of W once into a float buffer
+// and dots it with every row of A, so W is read once for any M.
+#pragma once
+#include <cstdint>
+
+#include "core/codebooks.h"
+#include "core/dtypes.h"
+
+namespace kbit::core {
+
+template <typename T>
+void gemm_4bit(const T* A, const uint8_t* packed, const float* absmax, const T* bias, int64_t M,
+               int64_t N, int64_t K, int64_t blocksize, QuantType type, T* C);
+
+}  // namespace kbit::core
