@@ -8,5 +8,9 @@ from . import nn  # noqa: F401
 from .config import QuantConfig  # noqa: F401
 from .memory import estimate_footprint, get_memory_footprint  # noqa: F401
 from .quantize import quantize_model  # noqa: F401
+from .loading import from_pretrained, save_pretrained  # noqa: F401
+from . import integrations as _integrations
+
+_integrations.install()  # registers quant_method "kbit" with transformers once that is imported
 
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from typing import Iterable, Optional, Union
 
 import torch
@@ -113,7 +114,19 @@ def quantize_model(
     bar.close()
     model.is_loaded_in_4bit = config.load_in_4bit
     model.is_loaded_in_8bit = config.load_in_8bit
+    _attach_to_transformers(model, config)
     return model
+
+
+def _attach_to_transformers(model: nn.Module, config: QuantConfig) -> None:
+    """A transformers model also gets hf_quantizer and config.quantization_config, as from_pretrained
+    would give it, so that save_pretrained writes the quantization config and Trainer/PEFT see a
+    quantized model. (A PreTrainedModel exists only once transformers.modeling_utils is imported.)"""
+    modeling = sys.modules.get("transformers.modeling_utils")
+    if modeling is not None and isinstance(model, modeling.PreTrainedModel):
+        from .integrations.transformers import attach_quantizer
+
+        attach_quantizer(model, config)
 
 
 def _progress(total: int, enabled: bool):

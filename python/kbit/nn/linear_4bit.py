@@ -181,6 +181,10 @@ class Linear4bit(QuantizedLinearBase):
     # ---- state dicts (bitsandbytes' keys, FORMAT.md) -----------------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)  # weight and bias
+        if self.weight.device.type == "meta":
+            # A meta layer has no quant state to write (its JSON needs real values); transformers
+            # lists a meta model's state-dict keys as the keys it expects to load.
+            return
         for key, value in self.quant_state.as_bnb_dict(prefix + "weight.").items():
             destination[key] = value if keep_vars else value.detach()
 

@@ -74,7 +74,8 @@ class Linear8bitLt(QuantizedLinearBase):
     # ---- state dicts (bitsandbytes' keys, FORMAT.md) -----------------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)  # weight, bias, SCB
-        destination[prefix + "weight_format"] = torch.tensor(0, dtype=torch.uint8)
+        if self.weight.device.type != "meta":  # transformers takes a meta model's keys as the ones to load
+            destination[prefix + "weight_format"] = torch.tensor(0, dtype=torch.uint8)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         own = ("weight", "SCB", "weight_format")
