@@ -1,0 +1,252 @@
+// 4-bit blockwise quantize / dequantize (NF4, FP4), byte-exact with bitsandbytes.
+//
+// Quantize: each thread owns a vector of 8 consecutive elements (one 16-byte load for 16-bit
+// inputs) and writes the 4 packed bytes of it. The lanes that share a quantization block reduce
+// its absmax with warp shuffles: min(blocksize / 8, 32) lanes per block; blocks larger than 256
+// elements take a whole warp, which reads the block twice (max, then encode; the second read
+// hits L1/L2). Scaling multiplies by the float32 reciprocal of absmax, as bitsandbytes does, so an
+// all-zero block encodes NaN -> index 0 (it still dequantizes to 0), and the pad nibble of an odd
+// count is the code of 0.0 (0x7 for NF4).
+//
+// Dequantize: each thread owns 16 packed bytes = 32 elements, which always sit in one quantization
+// block (blocksize >= 32, groups aligned to 32), so one scale per thread; codes come from a
+// 16-entry float table in shared memory (distinct banks, no conflicts).
+#include "cuda/blockwise_4bit.cuh"
+#include "cuda/common.cuh"
+
+namespace kbit::cuda {
+
+int sm_count() {
+  static int cached[64] = {0};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= 64) return 132;
+  if (cached[dev] == 0) {
+    int n = 0;
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    cached[dev] = n > 0 ? n : 132;
+  }
+  return cached[dev];
+}
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// Loads elements [i, i+8) of A as floats; out-of-range elements read as 0.
+template <typename T>
+__device__ __forceinline__ void load8(const T* A, int64_t i, int64_t n, bool vec, float (&v)[8]) {
+  if (vec && i + 8 <= n) {
+    if constexpr (sizeof(T) == 2) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(A + i));
+      const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = to_f32(h[e]);
+    } else {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(A + i));
+      const float4 b = __ldg(reinterpret_cast<const float4*>(A + i) + 1);
+      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = i + e < n ? to_f32(A[i + e]) : 0.0f;
+  }
+}
+
+// Encodes 8 scaled elements and stores their 4 bytes at packed[i/2 ...], clipped to ceil(n/2).
+__device__ __forceinline__ void encode_store8(const float (&v)[8], float inv, int qt,
+                                              const float* mid, uint8_t* packed, int64_t i,
+                                              int64_t n) {
+  uint32_t word = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float x = v[e] * inv;
+    const uint32_t q = qt == 0 ? encode_nf4(x, mid) : encode_fp4(x);
+    // Element 2j -> high nibble of byte j, 2j+1 -> low nibble.
+    word |= q << (8 * (e / 2) + ((e & 1) ? 0 : 4));
+  }
+  if (i + 8 <= n) {
+    *reinterpret_cast<uint32_t*>(packed + i / 2) = word;
+  } else {
+    for (int b = 0; b < 4; ++b)
+      if (i + 2 * b < n) packed[i / 2 + b] = uint8_t(word >> (8 * b));
+  }
+}
+
+// One warp covers `span` = max(256, blocksize) elements per step of a grid-stride loop.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) quantize_4bit_kernel(const T* __restrict__ A, int64_t n,
+                                                                 int bs_log2, int qt, bool vec,
+                                                                 uint8_t* __restrict__ packed,
+                                                                 float* __restrict__ absmax) {
+  __shared__ float mid[16];
+  if (threadIdx.x < 15) mid[threadIdx.x] = kNF4Mid[threadIdx.x];
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31;
+  const int64_t bs = int64_t(1) << bs_log2;
+  const int group = bs >= 256 ? 32 : int(bs / 8);  // lanes per quantization block
+  const int64_t span = bs >= 256 ? bs : 256;
+  const int iters = int(span / 256);  // vectors per lane per block
+  const int64_t warps = ceil_div(n, span);
+  const int64_t stride = int64_t(gridDim.x) * (kThreads / 32);
+
+  for (int64_t w = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; w < warps; w += stride) {
+    const int64_t base = w * span;
+    if (iters == 1) {
+      const int64_t i = base + lane * 8;
+      float v[8];
+      load8(A, i, n, vec, v);
+      float m = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
+      for (int off = group / 2; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      if (i < n) {
+        if (lane % group == 0) absmax[i >> bs_log2] = m;
+        encode_store8(v, __frcp_rn(m), qt, mid, packed, i, n);
+      }
+    } else {
+      float m = 0.0f;
+      for (int it = 0; it < iters; ++it) {
+        float v[8];
+        load8(A, base + (it * 32 + lane) * 8, n, vec, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
+      }
+      for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      if (lane == 0) absmax[base >> bs_log2] = m;
+      const float inv = __frcp_rn(m);
+      for (int it = 0; it < iters; ++it) {
+        const int64_t i = base + (it * 32 + lane) * 8;
+        if (i >= n) break;
+        float v[8];
+        load8(A, i, n, vec, v);
+        encode_store8(v, inv, qt, mid, packed, i, n);
+      }
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_pair(T* out, int64_t i, int64_t n, float a, float b) {
+  if (i < n) out[i] = from_f32<T>(a);
+  if (i + 1 < n) out[i + 1] = from_f32<T>(b);
+}
+
+// Scale of quantization block b (float32 math without FMA contraction, as the reference does).
+template <bool DQ>
+__device__ __forceinline__ float block_scale(const AbsmaxRef& s, int64_t b, float offset) {
+  if constexpr (DQ) {
+    const float c = __ldg(s.nested_code + s.qabsmax[b]);
+    return __fadd_rn(__fmul_rn(c, __ldg(s.nested_absmax + (b >> s.nested_log2))), offset);
+  } else {
+    return __ldg(s.absmax + b);
+  }
+}
+
+template <typename T, bool DQ>
+__global__ void __launch_bounds__(kThreads) dequantize_4bit_kernel(const uint8_t* __restrict__ packed,
+                                                                   AbsmaxRef s, int64_t n, int bs_log2,
+                                                                   int qt, bool vec, T* __restrict__ out) {
+  __shared__ float code[16];
+  if (threadIdx.x < 16) code[threadIdx.x] = kCode4[qt][threadIdx.x];
+  __syncthreads();
+  const float offset = DQ ? __ldg(s.nested_offset) : 0.0f;
+  const int64_t groups = ceil_div(n, 32);
+  const int64_t stride = int64_t(gridDim.x) * kThreads;
+  for (int64_t g = int64_t(blockIdx.x) * kThreads + threadIdx.x; g < groups; g += stride) {
+    const int64_t i0 = g * 32;
+    const float sc = block_scale<DQ>(s, i0 >> bs_log2, offset);
+    if (vec && i0 + 32 <= n) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(packed) + g);
+      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+      if constexpr (sizeof(T) == 2) {
+        uint32_t o[16];
+#pragma unroll
+        for (int b = 0; b < 16; ++b) {
+          const uint32_t byte = (w[b / 4] >> (8 * (b % 4))) & 0xffu;
+          o[b] = pack2<T>(code[byte >> 4] * sc, code[byte & 15] * sc);
+        }
+        uint4* dst = reinterpret_cast<uint4*>(out + i0);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) dst[q] = make_uint4(o[4 * q], o[4 * q + 1], o[4 * q + 2], o[4 * q + 3]);
+      } else {
+        float4* dst = reinterpret_cast<float4*>(out + i0);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          const uint32_t b0 = (w[q / 2] >> (16 * (q % 2))) & 0xffu;
+          const uint32_t b1 = (w[q / 2] >> (16 * (q % 2) + 8)) & 0xffu;
+          dst[q] = make_float4(code[b0 >> 4] * sc, code[b0 & 15] * sc, code[b1 >> 4] * sc,
+                               code[b1 & 15] * sc);
+        }
+      }
+    } else {
+      for (int b = 0; b < 16 && i0 + 2 * b < n; ++b) {
+        const uint32_t byte = packed[i0 / 2 + b];
+        store_pair(out, i0 + 2 * b, n, code[byte >> 4] * sc, code[byte & 15] * sc);
+      }
+    }
+  }
+}
+
+int grid_for(int64_t items, int per_block) {
+  const int64_t blocks = ceil_div(items, per_block);
+  const int64_t cap = int64_t(sm_count()) * 16;
+  return int(blocks < cap ? (blocks > 0 ? blocks : 1) : cap);
+}
+
+template <typename T>
+cudaError_t launch_quantize(const void* A, int64_t n, int64_t blocksize, int qt, uint8_t* packed,
+                            float* absmax, cudaStream_t stream) {
+  const int64_t span = blocksize >= 256 ? blocksize : 256;
+  const int grid = grid_for(ceil_div(n, span), kThreads / 32);
+  quantize_4bit_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(A), n,
+                                                         log2_exact(blocksize), qt, aligned16(A),
+                                                         packed, absmax);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_dequantize(const uint8_t* packed, const AbsmaxRef& s, int64_t n, int64_t blocksize,
+                              int qt, void* out, cudaStream_t stream) {
+  const int grid = grid_for(ceil_div(n, 32), kThreads);
+  const bool vec = aligned16(packed) && aligned16(out);
+  if (s.nested())
+    dequantize_4bit_kernel<T, true><<<grid, kThreads, 0, stream>>>(packed, s, n, log2_exact(blocksize),
+                                                                   qt, vec, static_cast<T*>(out));
+  else
+    dequantize_4bit_kernel<T, false><<<grid, kThreads, 0, stream>>>(packed, s, n, log2_exact(blocksize),
+                                                                    qt, vec, static_cast<T*>(out));
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t quantize_4bit(const void* A, DType dtype, int64_t n, int64_t blocksize, int quant_type,
+                          uint8_t* packed, float* absmax, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  switch (dtype) {
+    case DType::F32: return launch_quantize<float>(A, n, blocksize, quant_type, packed, absmax, stream);
+    case DType::F16: return launch_quantize<__half>(A, n, blocksize, quant_type, packed, absmax, stream);
+    case DType::BF16:
+      return launch_quantize<__nv_bfloat16>(A, n, blocksize, quant_type, packed, absmax, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t dequantize_4bit(const uint8_t* packed, const AbsmaxRef& scales, int64_t n,
+                            int64_t blocksize, int quant_type, void* out, DType dtype,
+                            cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  switch (dtype) {
+    case DType::F32:
+      return launch_dequantize<float>(packed, scales, n, blocksize, quant_type, out, stream);
+    case DType::F16:
+      return launch_dequantize<__half>(packed, scales, n, blocksize, quant_type, out, stream);
+    case DType::BF16:
+      return launch_dequantize<__nv_bfloat16>(packed, scales, n, blocksize, quant_type, out, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace kbit::cuda
