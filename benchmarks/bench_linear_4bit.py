@@ -3,10 +3,11 @@
 
     python benchmarks/bench_linear_4bit.py [--quick] [--variants]
 
-Per row: median ms of each (L2 flushed before every call, timing.py), speedups, and for kbit the
-effective bandwidth on the packed weight + scales, as a fraction of measured copy bandwidth.
---variants adds a table of kbit's kernels forced one by one (KBIT_LINEAR4_PATH) to pick the
-crossovers.
+Per row: median ms of each (L2 flushed by a 256 MB write before every call, timing.py), speedups,
+and at 1 token kbit's bandwidth on the packed weight + scales as a fraction of the measured copy
+bandwidth, also with a clean-L2 flush (a 256 MB read; no dirty lines to write back).
+--variants adds a table of kbit's kernels forced one by one (KBIT_LINEAR4_PATH, and the skinny
+kernel's register-buffered variant KBIT_LINEAR4_SKINNY=regs) to pick the crossovers.
 """
 import argparse
 import os
@@ -64,14 +65,16 @@ def main():
     args = p.parse_args()
     torch.manual_seed(0)
     timer = Timer()
+    clean = Timer(flush="read")
     bw = copy_bandwidth(timer)
     bnb = try_import_bnb()
     print(f"# device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"bitsandbytes {bnb.__version__ if bnb else 'n/a'}, copy bandwidth {bw / 1e12:.2f} TB/s")
     dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float16]
     dqs = [True] if args.quick else [True, False]
-    header = ["shape (out x in)", "dtype", "dq", "tokens", "kbit ms", "dense ms", "bnb ms", "vs dense", "vs bnb",
-              "kbit % copy BW", "err"]
+    header = ["shape (out x in)", "dtype", "dq", "tokens", "kbit ms", "dense ms", "bnb ms", "vs dense",
+              "vs bnb",
+              "kbit % copy BW", "clean L2: kbit ms / dense ms / % BW", "err"]
     rows, variants = [], []
     for N, K in SHAPES:
         for dtype in dtypes:
@@ -90,30 +93,49 @@ def main():
                     kb = timer(lambda: layer(A))
                     out = layer(A)
                     if W_deq is None:
-                        W_deq = ops.dequantize_4bit(layer.packed, dequant_absmax(layer), 64, "nf4", [N, K], dtype)
+                        W_deq = ops.dequantize_4bit(layer.packed, dequant_absmax(layer), 64, "nf4", [N, K],
+                                                    dtype)
                     err = rel_err(out, torch.nn.functional.linear(A, W_deq))
-                    bn = timer(lambda: bnb.matmul_4bit(A, bp.t(), quant_state=bstate)) if bnb else float("nan")
+                    bn = float("nan")
+                    if bnb:
+                        bn = timer(lambda: bnb.matmul_4bit(A, bp.t(), quant_state=bstate))
                     pct = layer.weight_bytes() / (kb * 1e-3) / bw * 100 if M == 1 else float("nan")
+                    clean_cell = ""
+                    if M == 1:
+                        ck = clean(lambda: layer(A))
+                        cd = clean(lambda: torch.nn.functional.linear(A, W))
+                        cpct = layer.weight_bytes() / (ck * 1e-3) / bw * 100
+                        clean_cell = f"{ck:.4f} / {cd:.4f} / {cpct:.0f}%"
                     rows.append([f"{N}x{K}", str(dtype).replace("torch.", ""), "yes" if dq else "no", M,
                                  f"{kb:.4f}", f"{dense_ms[M]:.4f}", f"{bn:.4f}", f"{dense_ms[M] / kb:.2f}x",
-                                 f"{bn / kb:.2f}x", "" if M != 1 else f"{pct:.0f}%", f"{err:.1e}"])
+                                 f"{bn / kb:.2f}x", "" if M != 1 else f"{pct:.0f}%", clean_cell,
+                                 f"{err:.1e}"])
                     print(" | ".join(map(str, rows[-1])), flush=True)
-                    if args.variants and dq and dtype == torch.bfloat16 and M >= 4:
-                        for path in ["skinny", "tiled", "dequant"]:
-                            if path == "skinny" and M > 16:
-                                continue
-                            os.environ["KBIT_LINEAR4_PATH"] = path
-                            variants.append([f"{N}x{K}", M, path, f"{timer(lambda: layer(A)):.4f}",
-                                             f"{dense_ms[M]:.4f}"])
-                            del os.environ["KBIT_LINEAR4_PATH"]
-                del layer
-            del W
-            torch.cuda.empty_cache()
+                    if args.variants and dq and dtype == torch.bfloat16:
+                        add_variants(variants, timer, layer, N, K, M, dtype, dense_ms[M])
+                        if M == 64:  # 128 tokens: between the tiled and dequantize regimes
+                            A128 = torch.randn(128, K, device="cuda", dtype=dtype)
+                            d128 = timer(lambda: torch.nn.functional.linear(A128, W))
+                            add_variants(variants, timer, layer, N, K, 128, dtype, d128)
     print()
     print_table(header, rows)
     if variants:
         print()
         print_table(["shape", "tokens", "kbit path", "kbit ms", "dense ms"], variants)
+
+
+def add_variants(variants, timer, layer, N, K, M, dtype, dense):
+    A = torch.randn(M, K, device="cuda", dtype=dtype)
+    for name, env in [("skinny (ring)", {"KBIT_LINEAR4_PATH": "skinny"}),
+                      ("skinny (regs)", {"KBIT_LINEAR4_PATH": "skinny", "KBIT_LINEAR4_SKINNY": "regs"}),
+                      ("tiled", {"KBIT_LINEAR4_PATH": "tiled"}),
+                      ("dequant+cuBLAS", {"KBIT_LINEAR4_PATH": "dequant"})]:
+        if name.startswith("skinny") and M > 16:
+            continue
+        os.environ.update(env)
+        variants.append([f"{N}x{K}", M, name, f"{timer(lambda: layer(A)):.4f}", f"{dense:.4f}"])
+        for k in env:
+            del os.environ[k]
 
 
 def dequant_absmax(layer):

@@ -50,7 +50,6 @@ def main():
                 bp, bs = F.quantize_4bit(W, blocksize=64, quant_type="nf4")
                 bn = timer(lambda: F.dequantize_4bit(bp, bs))
             add("dequantize_4bit nf4", f"{N}x{K}", dtype, n, n * es + n // 2 + scale_bytes, kb, bn)
-            del W, packed, absmax
     code = dynamic_map_signed("cuda")
     for n in [1 << 20, 16 << 20, 256 << 20]:
         A = torch.randn(n, device="cuda")
@@ -63,7 +62,6 @@ def main():
             bq, bs = F.quantize_blockwise(A, code=code, blocksize=256)
             bn = timer(lambda: F.dequantize_blockwise(bq, bs))
         add("dequantize_blockwise", f"n={n}", A.dtype, n, n * 4 + n + n // 256 * 4, kb, bn)
-        del A, q, absmax
     print()
     print_table(["op", "size", "dtype", "kbit ms", "bnb ms", "kbit GB/s", "kbit % copy BW", "vs bnb"], rows)
 

@@ -158,7 +158,8 @@ def cpu_has(op_name):
 
 
 def testdata():
-    path = Path(os.environ.get("KBIT_TESTDATA", REPO.parent / "shared" / "testdata")) / "bnb_vectors.safetensors"
+    root = Path(os.environ.get("KBIT_TESTDATA", REPO.parent / "shared" / "testdata"))
+    path = root / "bnb_vectors.safetensors"
     if not path.exists():
         pytest.skip(f"bitsandbytes test vectors not found at {path}")
     from safetensors.torch import load_file
@@ -171,6 +172,23 @@ def rel_err(out, ref):
     return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
+def linear_err(out, A, W_ref, b, ref=None):
+    """|out - ref| relative to the size of the summed terms, |A| @ |W|^T + |b| (not to |ref|,
+    which cancellation can make arbitrarily small, e.g. a layer with one output). ref defaults to
+    the float64 product with W_ref."""
+    A2 = A.reshape(-1, A.shape[-1]).double().cpu()
+    scale = A2.abs() @ W_ref.double().abs().T
+    if b is not None:
+        scale = scale + b.double().cpu().abs()
+    if ref is None:
+        ref = A2 @ W_ref.double().T
+        if b is not None:
+            ref = ref + b.double().cpu()
+    ref = ref.reshape(scale.shape).double().cpu()
+    diff = out.reshape(ref.shape).double().cpu() - ref
+    return (diff.norm() / scale.norm().clamp_min(1e-30)).item()
+
+
 def poison_allocator():
     """Leave NaN in the caching allocator's free blocks, so an output element that a kernel never
     writes shows up as NaN instead of a plausible leftover."""
@@ -181,11 +199,18 @@ def poison_allocator():
 
 @pytest.fixture
 def path_env(monkeypatch):
+    """Forces a linear_4bit kernel: auto, skinny, skinny_regs (the register-buffered variant),
+    tiled, dequant."""
+
     def set_path(path):
+        monkeypatch.delenv("KBIT_LINEAR4_SKINNY", raising=False)
         if path == "auto":
             monkeypatch.delenv("KBIT_LINEAR4_PATH", raising=False)
-        else:
-            monkeypatch.setenv("KBIT_LINEAR4_PATH", path)
+            return
+        if path == "skinny_regs":
+            path = "skinny"
+            monkeypatch.setenv("KBIT_LINEAR4_SKINNY", "regs")
+        monkeypatch.setenv("KBIT_LINEAR4_PATH", path)
 
     return set_path
 
@@ -234,7 +259,7 @@ def test_double_quant_matches_bnb_vectors():
     X = torch.randn(5, A.shape[1], device=DEV, dtype=torch.float16)
     out = ops.linear_4bit(X, packed, q, nested, d[k + ".nested_code"].to(DEV), offset, 64, 256, "nf4",
                           list(A.shape), None)
-    assert rel_err(out, X.double().cpu() @ d[k + ".deq"].double().T) < 3e-3
+    assert linear_err(out, X, d[k + ".deq"], None) < 3e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +274,7 @@ SIZES = [(1,), (2,), (7, 37), (31,), (33, 65), (256, 320), (1000, 1001), (3, 409
 def test_quantize_4bit_bytes(quant_type, dtype, blocksize):
     for size in SIZES:
         A = (torch.randn(size) * 3).to(dtype)
-        A.view(-1)[blocksize : 2 * blocksize] = 0  # an all-zero block where there is a second one
+        A.view(-1)[blocksize:2 * blocksize] = 0  # an all-zero block where there is a second one
         packed, absmax = ops.quantize_4bit(A.to(DEV), blocksize, quant_type, torch.uint8)
         ref_p, ref_a = ref_quantize_4bit(A, blocksize, quant_type)
         assert packed.shape == ref_p.shape and packed.dtype == torch.uint8
@@ -347,29 +372,24 @@ def run_linear(A, packed, state, b, N, K, blocksize=64, quant_type="nf4"):
                            state["nested_offset"], blocksize, 256, quant_type, [N, K], b)
 
 
-def reference_linear(A, W_ref, b):
-    out = A.double().cpu() @ W_ref.double().T
-    return out + b.double().cpu() if b is not None else out
-
-
 TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-5}
 
 
 @pytest.mark.parametrize("dq", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("path", ["auto", "skinny", "tiled", "dequant"])
+@pytest.mark.parametrize("path", ["auto", "skinny", "skinny_regs", "tiled", "dequant"])
 def test_linear_paths(path, dtype, dq, path_env):
     N, K = 272, 640  # N not a multiple of 128, K not of 128
     packed, state, b, W_ref = make_layer(N, K, dq=dq, dtype=dtype)
     path_env(path)
     for M in [1, 2, 3, 8, 9, 13, 16, 17, 40, 64, 65, 130, 256, 1024]:
-        if path == "skinny" and M > 16:
+        if path.startswith("skinny") and M > 16:
             continue
         A = torch.randn(M, K, device=DEV, dtype=dtype)
         poison_allocator()
         out = run_linear(A, packed, state, b, N, K)
         assert out.shape == (M, N) and out.dtype == dtype
-        assert rel_err(out, reference_linear(A, W_ref, b)) < TOL[dtype], (path, M)
+        assert linear_err(out, A, W_ref, b) < TOL[dtype], (path, M)
 
 
 SHAPES = [  # (N, K, blocksize, quant_type)
@@ -395,11 +415,11 @@ def test_linear_shapes(shape, dtype, dq, path_env):
             A = torch.randn(M, K, device=DEV, dtype=dtype)
             poison_allocator()
             out = run_linear(A, packed, state, b, N, K, bs, qt)
-            assert rel_err(out, reference_linear(A, W_ref, b)) < TOL[dtype], (path, M)
+            assert linear_err(out, A, W_ref, b) < TOL[dtype], (path, M)
             if cpu_has("linear_4bit") and M <= 17:
                 cpu_state = {k: (v.cpu() if v is not None else None) for k, v in state.items()}
                 cpu = run_linear(A.cpu(), packed.cpu(), cpu_state, b.cpu(), N, K, bs, qt)
-                assert rel_err(out, cpu) < TOL[dtype], (path, M)
+                assert linear_err(out, A, W_ref, b, ref=cpu) < TOL[dtype], (path, M)
 
 
 def test_linear_large_m_and_batched(path_env):
@@ -408,37 +428,39 @@ def test_linear_large_m_and_batched(path_env):
     for path in ["auto", "tiled", "dequant"]:
         path_env(path)
         A = torch.randn(4096, K, device=DEV, dtype=torch.bfloat16)
-        assert rel_err(run_linear(A, packed, state, b, N, K), reference_linear(A, W_ref, b)) < 1e-2
+        assert linear_err(run_linear(A, packed, state, b, N, K), A, W_ref, b) < 1e-2
     path_env("auto")
     A3 = torch.randn(2, 3, K, device=DEV, dtype=torch.float16)
     out = run_linear(A3, packed, state, b.half(), N, K)
     assert out.shape == (2, 3, N) and out.dtype == torch.float16
-    assert rel_err(out, reference_linear(A3.reshape(6, K), W_ref, b).view(2, 3, N)) < 3e-3
+    assert linear_err(out, A3, W_ref, b.half()) < 3e-3
     # float32 activations take the dequantize path and stay float32.
     A32 = torch.randn(7, K, device=DEV)
     out = run_linear(A32, packed, state, None, N, K)
     assert out.dtype == torch.float32
-    assert rel_err(out, reference_linear(A32, W_ref, None)) < 1e-4
+    assert linear_err(out, A32, W_ref, None) < 1e-5
 
 
 def test_linear_bias_dtype_and_no_bias():
     N, K = 64, 256
     packed, state, b, W_ref = make_layer(N, K, bias=False)
     A = torch.randn(3, K, device=DEV, dtype=torch.bfloat16)
-    assert rel_err(run_linear(A, packed, state, None, N, K), reference_linear(A, W_ref, None)) < 1e-2
+    assert linear_err(run_linear(A, packed, state, None, N, K), A, W_ref, None) < 1e-2
     b32 = torch.randn(N, device=DEV)  # a float32 bias is cast to A's dtype
-    assert rel_err(run_linear(A, packed, state, b32, N, K), reference_linear(A, W_ref, b32.bfloat16())) < 1e-2
+    assert linear_err(run_linear(A, packed, state, b32, N, K), A, W_ref, b32.bfloat16()) < 1e-2
 
 
 def test_linear_empty():
     N, K = 64, 256
     packed, state, b, _ = make_layer(N, K)
-    assert run_linear(torch.empty(0, K, device=DEV, dtype=torch.bfloat16), packed, state, b, N, K).shape == (0, N)
-    assert run_linear(torch.empty(2, 0, K, device=DEV, dtype=torch.bfloat16), packed, state, b, N, K).shape == (2, 0, N)
+    A0 = torch.empty(0, K, device=DEV, dtype=torch.bfloat16)
+    assert run_linear(A0, packed, state, b, N, K).shape == (0, N)
+    assert run_linear(A0.view(2, 0, K), packed, state, b, N, K).shape == (2, 0, N)
     e = torch.empty(0, device=DEV)
     p0, a0 = ops.quantize_4bit(e, 64, "nf4", torch.uint8)
     bias = torch.randn(5, device=DEV, dtype=torch.float16)
-    out = ops.linear_4bit(torch.randn(3, 0, device=DEV, dtype=torch.float16), p0, a0, None, None, None, 64, 256,
+    A = torch.randn(3, 0, device=DEV, dtype=torch.float16)
+    out = ops.linear_4bit(A, p0, a0, None, None, None, 64, 256,
                           "nf4", [5, 0], bias)
     assert torch.equal(out.cpu(), bias.cpu().expand(3, 5))
 
@@ -447,36 +469,50 @@ def test_linear_empty():
 # Bad input
 
 
-def test_bad_input_raises():
+def bad_input_case():
     N, K = 64, 256
     packed, state, b, _ = make_layer(N, K)
     A = torch.randn(2, K, device=DEV, dtype=torch.bfloat16)
+    return N, K, packed, state, b, A
+
+
+def test_bad_input_device_mix():
+    N, K, packed, state, b, A = bad_input_case()
     with pytest.raises(RuntimeError, match="device|cuda|cpu"):
         run_linear(A.cpu(), packed, state, b, N, K)  # CPU activations, CUDA weight
     with pytest.raises(RuntimeError, match="device|cuda|cpu"):
         run_linear(A, packed.cpu(), state, b, N, K)
+    with pytest.raises(RuntimeError, match="device|cuda|cpu"):
+        ops.dequantize_4bit(packed, state["absmax"].cpu(), 64, "nf4", [N, K], torch.float16)
+    with pytest.raises(RuntimeError, match="device|cuda|cpu"):
+        ops.quantize_blockwise(A, dynamic_map_signed(), 256)  # code on the CPU
+
+
+def test_bad_input_dtypes():
+    N, K, packed, state, b, A = bad_input_case()
     with pytest.raises(TypeError):
         run_linear(A.to(torch.int32), packed, state, b, N, K)
+    with pytest.raises(TypeError):
+        run_linear(A, packed, dict(state, absmax=state["absmax"].half()), b, N, K)
+    with pytest.raises(TypeError):
+        ops.quantize_4bit(A.to(torch.int8), 64, "nf4", torch.uint8)
+    with pytest.raises(TypeError):
+        code = dynamic_map_signed().to(DEV)
+        ops.dequantize_blockwise(packed.float(), state["absmax"], code, 64, torch.float16)
+
+
+def test_bad_input_values():
+    N, K, packed, state, b, A = bad_input_case()
     with pytest.raises(ValueError):
         run_linear(A[:, :128], packed, state, b, N, K)  # wrong in_features
     with pytest.raises(ValueError):
         run_linear(A, packed[:-1], state, b, N, K)  # too few packed bytes
-    with pytest.raises(TypeError):
-        run_linear(A, packed, dict(state, absmax=state["absmax"].half()), b, N, K)
     with pytest.raises(ValueError):
         run_linear(A, packed, dict(state, absmax=state["absmax"].to(torch.uint8)), b, N, K)  # no nested state
     with pytest.raises(ValueError):
         ops.quantize_4bit(A, 48, "nf4", torch.uint8)
     with pytest.raises(ValueError):
         ops.quantize_4bit(A, 64, "int4", torch.uint8)
-    with pytest.raises(TypeError):
-        ops.quantize_4bit(A.to(torch.int8), 64, "nf4", torch.uint8)
-    with pytest.raises(RuntimeError, match="device|cuda|cpu"):
-        ops.dequantize_4bit(packed, state["absmax"].cpu(), 64, "nf4", [N, K], torch.float16)
-    with pytest.raises(RuntimeError, match="device|cuda|cpu"):
-        ops.quantize_blockwise(A, dynamic_map_signed(), 256)  # code on the CPU
-    with pytest.raises(TypeError):
-        ops.dequantize_blockwise(packed.float(), state["absmax"], dynamic_map_signed().to(DEV), 64, torch.float16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,12 +532,12 @@ def test_sanitize_sweep(path_env):
     for N, K in [(17, 96), (130, 4128), (40, 100)]:
         for dq in [False, True]:
             packed, state, b, W_ref = make_layer(N, K, dq=dq)
-            for path in ["auto", "skinny", "tiled", "dequant"]:
+            for path in ["auto", "skinny", "skinny_regs", "tiled", "dequant"]:
                 path_env(path)
                 for M in [1, 9, 70]:
-                    if path == "skinny" and M > 16:
+                    if path.startswith("skinny") and M > 16:
                         continue
                     A = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
                     out = run_linear(A, packed, state, b, N, K)
-                    assert rel_err(out, reference_linear(A, W_ref, b)) < 1e-2
+                    assert linear_err(out, A, W_ref, b) < 1e-2
     torch.cuda.synchronize()

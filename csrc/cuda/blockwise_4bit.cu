@@ -8,9 +8,10 @@
 // all-zero block encodes NaN -> index 0 (it still dequantizes to 0), and the pad nibble of an odd
 // count is the code of 0.0 (0x7 for NF4).
 //
-// Dequantize: each thread owns 16 packed bytes = 32 elements, which always sit in one quantization
-// block (blocksize >= 32, groups aligned to 32), so one scale per thread; codes come from a
-// 16-entry float table in shared memory (distinct banks, no conflicts).
+// Dequantize: a lane-step turns 4 packed bytes into 8 16-bit outputs (2 into 4 floats): 16 bytes
+// per lane, so each warp store is 512 contiguous bytes. A step never crosses a quantization block
+// (blocksize >= 32), so one scale per step; codes come from a 16-entry float table in shared memory
+// (distinct banks, no conflicts).
 #include "cuda/blockwise_4bit.cuh"
 #include "cuda/common.cuh"
 
@@ -127,12 +128,6 @@ __global__ void __launch_bounds__(kThreads) quantize_4bit_kernel(const T* __rest
   }
 }
 
-template <typename T>
-__device__ __forceinline__ void store_pair(T* out, int64_t i, int64_t n, float a, float b) {
-  if (i < n) out[i] = from_f32<T>(a);
-  if (i + 1 < n) out[i + 1] = from_f32<T>(b);
-}
-
 // Scale of quantization block b (float32 math without FMA contraction, as the reference does).
 template <bool DQ>
 __device__ __forceinline__ float block_scale(const AbsmaxRef& s, int64_t b, float offset) {
@@ -144,46 +139,65 @@ __device__ __forceinline__ float block_scale(const AbsmaxRef& s, int64_t b, floa
   }
 }
 
+// Each lane-step turns kPB packed bytes into 16 bytes of output (8 bf16/fp16 or 4 float), so a
+// warp's stores are 512 contiguous bytes; kU independent steps per thread keep enough loads in
+// flight. Steps that run past n or meet unaligned pointers take the per-element path.
 template <typename T, bool DQ>
 __global__ void __launch_bounds__(kThreads) dequantize_4bit_kernel(const uint8_t* __restrict__ packed,
                                                                    AbsmaxRef s, int64_t n, int bs_log2,
                                                                    int qt, bool vec, T* __restrict__ out) {
+  constexpr int kE = 16 / sizeof(T);  // elements per step
+  constexpr int kPB = kE / 2;         // packed bytes per step
+  constexpr int kU = 16 / kPB;        // steps per thread per iteration
   __shared__ float code[16];
   if (threadIdx.x < 16) code[threadIdx.x] = kCode4[qt][threadIdx.x];
   __syncthreads();
   const float offset = DQ ? __ldg(s.nested_offset) : 0.0f;
-  const int64_t groups = ceil_div(n, 32);
-  const int64_t stride = int64_t(gridDim.x) * kThreads;
-  for (int64_t g = int64_t(blockIdx.x) * kThreads + threadIdx.x; g < groups; g += stride) {
-    const int64_t i0 = g * 32;
-    const float sc = block_scale<DQ>(s, i0 >> bs_log2, offset);
-    if (vec && i0 + 32 <= n) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(packed) + g);
-      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-      if constexpr (sizeof(T) == 2) {
-        uint32_t o[16];
+  const int64_t steps = ceil_div(n, kE);
+  const int64_t nthreads = int64_t(gridDim.x) * kThreads;
+  for (int64_t base = int64_t(blockIdx.x) * kThreads + threadIdx.x; base < steps; base += nthreads * kU) {
+    uint32_t raw[kU];
+    float sc[kU];
 #pragma unroll
-        for (int b = 0; b < 16; ++b) {
-          const uint32_t byte = (w[b / 4] >> (8 * (b % 4))) & 0xffu;
-          o[b] = pack2<T>(code[byte >> 4] * sc, code[byte & 15] * sc);
-        }
-        uint4* dst = reinterpret_cast<uint4*>(out + i0);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) dst[q] = make_uint4(o[4 * q], o[4 * q + 1], o[4 * q + 2], o[4 * q + 3]);
-      } else {
-        float4* dst = reinterpret_cast<float4*>(out + i0);
-#pragma unroll
-        for (int q = 0; q < 8; ++q) {
-          const uint32_t b0 = (w[q / 2] >> (16 * (q % 2))) & 0xffu;
-          const uint32_t b1 = (w[q / 2] >> (16 * (q % 2) + 8)) & 0xffu;
-          dst[q] = make_float4(code[b0 >> 4] * sc, code[b0 & 15] * sc, code[b1 >> 4] * sc,
-                               code[b1 & 15] * sc);
+    for (int u = 0; u < kU; ++u) {
+      const int64_t st = base + u * nthreads;
+      raw[u] = 0;
+      sc[u] = 0.0f;
+      if (st < steps) {
+        sc[u] = block_scale<DQ>(s, (st * kE) >> bs_log2, offset);
+        if (vec && st * kE + kE <= n) {
+          if constexpr (kPB == 4) raw[u] = __ldg(reinterpret_cast<const uint32_t*>(packed) + st);
+          else raw[u] = __ldg(reinterpret_cast<const uint16_t*>(packed) + st);
         }
       }
-    } else {
-      for (int b = 0; b < 16 && i0 + 2 * b < n; ++b) {
-        const uint32_t byte = packed[i0 / 2 + b];
-        store_pair(out, i0 + 2 * b, n, code[byte >> 4] * sc, code[byte & 15] * sc);
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t st = base + u * nthreads;
+      if (st >= steps) break;
+      const int64_t i0 = st * kE;
+      if (vec && i0 + kE <= n) {
+        uint32_t o[4];
+        if constexpr (sizeof(T) == 2) {
+#pragma unroll
+          for (int b = 0; b < 4; ++b) {
+            const uint32_t byte = (raw[u] >> (8 * b)) & 0xffu;
+            o[b] = pack2<T>(code[byte >> 4] * sc[u], code[byte & 15] * sc[u]);
+          }
+        } else {
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            const uint32_t byte = (raw[u] >> (8 * b)) & 0xffu;
+            o[2 * b] = __float_as_uint(code[byte >> 4] * sc[u]);
+            o[2 * b + 1] = __float_as_uint(code[byte & 15] * sc[u]);
+          }
+        }
+        *reinterpret_cast<uint4*>(out + i0) = make_uint4(o[0], o[1], o[2], o[3]);
+      } else {
+        for (int e = 0; e < kE && i0 + e < n; ++e) {
+          const uint32_t byte = packed[(i0 + e) / 2];
+          out[i0 + e] = from_f32<T>(code[(i0 + e) % 2 ? byte & 15 : byte >> 4] * sc[u]);
+        }
       }
     }
   }
@@ -209,8 +223,8 @@ cudaError_t launch_quantize(const void* A, int64_t n, int64_t blocksize, int qt,
 template <typename T>
 cudaError_t launch_dequantize(const uint8_t* packed, const AbsmaxRef& s, int64_t n, int64_t blocksize,
                               int qt, void* out, cudaStream_t stream) {
-  const int grid = grid_for(ceil_div(n, 32), kThreads);
-  const bool vec = aligned16(packed) && aligned16(out);
+  const int grid = grid_for(ceil_div(n, 32), kThreads);  // 32 elements per thread-iteration
+  const bool vec = (reinterpret_cast<uintptr_t>(packed) & 3) == 0 && aligned16(out);
   if (s.nested())
     dequantize_4bit_kernel<T, true><<<grid, kThreads, 0, stream>>>(packed, s, n, log2_exact(blocksize),
                                                                    qt, vec, static_cast<T*>(out));

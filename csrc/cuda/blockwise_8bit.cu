@@ -9,7 +9,8 @@
 // against the float32 midpoint. (That search never reaches index 255 from above and settles ties and
 // NaN the way bitsandbytes does, which a plain nearest-value search would not.)
 //
-// Dequantize: a thread owns 16 bytes (16 elements, always inside one block since blocksize >= 32).
+// Dequantize: a lane-step writes 16 bytes (8 16-bit or 4 float outputs, always inside one block
+// since blocksize >= 32), so warp stores are coalesced.
 #include "cuda/blockwise_8bit.cuh"
 #include "cuda/common.cuh"
 
@@ -130,40 +131,55 @@ __global__ void __launch_bounds__(kThreads) quantize_8bit_kernel(const T* __rest
   }
 }
 
+// A lane-step turns kE codes into 16 bytes of output (8 bf16/fp16 or 4 float): coalesced 512-byte
+// warp stores; kU independent steps per thread keep loads in flight.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) dequantize_8bit_kernel(const uint8_t* __restrict__ q,
                                                                    const float* __restrict__ absmax,
                                                                    const float* __restrict__ code_g,
                                                                    int64_t n, int bs_log2, bool vec,
                                                                    T* __restrict__ out) {
+  constexpr int kE = 16 / sizeof(T);
+  constexpr int kU = 4;
   __shared__ float code[256];
   for (int i = threadIdx.x; i < 256; i += kThreads) code[i] = code_g[i];
   __syncthreads();
-  const int64_t groups = ceil_div(n, 16);
-  const int64_t stride = int64_t(gridDim.x) * kThreads;
-  for (int64_t g = int64_t(blockIdx.x) * kThreads + threadIdx.x; g < groups; g += stride) {
-    const int64_t i0 = g * 16;
-    const float sc = __ldg(absmax + (i0 >> bs_log2));
-    if (vec && i0 + 16 <= n) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(q) + g);
-      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-      float v[16];
+  const int64_t steps = ceil_div(n, kE);
+  const int64_t nthreads = int64_t(gridDim.x) * kThreads;
+  for (int64_t base = int64_t(blockIdx.x) * kThreads + threadIdx.x; base < steps; base += nthreads * kU) {
+    uint2 raw[kU];
+    float sc[kU];
 #pragma unroll
-      for (int e = 0; e < 16; ++e) v[e] = code[(w[e / 4] >> (8 * (e % 4))) & 0xffu] * sc;
-      if constexpr (sizeof(T) == 2) {
-        uint32_t o[8];
-#pragma unroll
-        for (int p = 0; p < 8; ++p) o[p] = pack2<T>(v[2 * p], v[2 * p + 1]);
-        uint4* dst = reinterpret_cast<uint4*>(out + i0);
-        dst[0] = make_uint4(o[0], o[1], o[2], o[3]);
-        dst[1] = make_uint4(o[4], o[5], o[6], o[7]);
-      } else {
-        float4* dst = reinterpret_cast<float4*>(out + i0);
-#pragma unroll
-        for (int p = 0; p < 4; ++p) dst[p] = make_float4(v[4 * p], v[4 * p + 1], v[4 * p + 2], v[4 * p + 3]);
+    for (int u = 0; u < kU; ++u) {
+      const int64_t st = base + u * nthreads;
+      raw[u] = make_uint2(0, 0);
+      sc[u] = 0.0f;
+      if (st < steps) {
+        sc[u] = __ldg(absmax + ((st * kE) >> bs_log2));
+        if (vec && st * kE + kE <= n) {
+          if constexpr (kE == 8) raw[u] = __ldg(reinterpret_cast<const uint2*>(q) + st);
+          else raw[u].x = __ldg(reinterpret_cast<const uint32_t*>(q) + st);
+        }
       }
-    } else {
-      for (int e = 0; e < 16 && i0 + e < n; ++e) out[i0 + e] = from_f32<T>(code[q[i0 + e]] * sc);
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t st = base + u * nthreads;
+      if (st >= steps) break;
+      const int64_t i0 = st * kE;
+      if (vec && i0 + kE <= n) {
+        float v[8];
+#pragma unroll
+        for (int e = 0; e < kE; ++e) v[e] = code[((e < 4 ? raw[u].x : raw[u].y) >> (8 * (e % 4))) & 0xffu] * sc[u];
+        uint4 o;
+        if constexpr (sizeof(T) == 2)
+          o = make_uint4(pack2<T>(v[0], v[1]), pack2<T>(v[2], v[3]), pack2<T>(v[4], v[5]), pack2<T>(v[6], v[7]));
+        else
+          o = make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
+        *reinterpret_cast<uint4*>(out + i0) = o;
+      } else {
+        for (int e = 0; e < kE && i0 + e < n; ++e) out[i0 + e] = from_f32<T>(code[q[i0 + e]] * sc[u]);
+      }
     }
   }
 }
@@ -188,8 +204,8 @@ cudaError_t launch_quantize(const void* A, const float* code, int64_t n, int64_t
 template <typename T>
 cudaError_t launch_dequantize(const uint8_t* q, const float* absmax, const float* code, int64_t n,
                               int64_t blocksize, void* out, cudaStream_t stream) {
-  const int grid = grid_for(ceil_div(n, 16), kThreads);
-  const bool vec = aligned16(q) && aligned16(out);
+  const int grid = grid_for(ceil_div(n, 4 * 16 / sizeof(T)), kThreads);
+  const bool vec = (reinterpret_cast<uintptr_t>(q) & 7) == 0 && aligned16(out);
   dequantize_8bit_kernel<T><<<grid, kThreads, 0, stream>>>(q, absmax, code, n, log2_exact(blocksize),
                                                            vec, static_cast<T*>(out));
   return cudaGetLastError();

@@ -39,7 +39,9 @@ std::tuple<at::Tensor, at::Tensor> quantize_4bit_cuda(const at::Tensor& A, int64
                                    raw.data_ptr<uint8_t>(), absmax.data_ptr<float>(),
                                    c10::cuda::getCurrentCUDAStream()),
                "quantize_4bit");
-  return {quant_storage == at::kByte ? raw : raw.view(quant_storage), absmax};
+  // Same bytes, another element type (FSDP): (bytes / itemsize, 1).
+  auto packed = quant_storage == at::kByte ? raw : raw.view({-1}).view(quant_storage).view({-1, 1});
+  return {packed, absmax};
 }
 
 at::Tensor dequantize_4bit_cuda(const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,

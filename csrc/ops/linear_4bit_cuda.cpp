@@ -1,11 +1,12 @@
 // CUDA registration of linear_4bit (schema in schemas.cpp): C = A @ dequant(W)^T + bias.
 // Picks the kernel by the number of tokens M (rows of A flattened to 2-D):
 //   M <= 16           fused skinny kernel (decode GEMV on tensor cores)
-//   16 < M <= tiled   fused tiled kernel (default limit 512 tokens)
+//   16 < M <= 128     fused tiled kernel (KBIT_LINEAR4_TILED_MAX moves the limit)
 //   larger, or shapes the fused kernels do not take (K % 32 != 0, unaligned, float32 A):
 //                     dequantize W into an (N, K) buffer of A's dtype, then cuBLAS (at::addmm).
 // KBIT_LINEAR4_PATH=skinny|tiled|dequant forces a path where it applies (benchmarks, tests);
-// KBIT_LINEAR4_TILED_MAX moves the tiled/dequant boundary.
+// KBIT_LINEAR4_SKINNY=regs picks the skinny kernel's register-buffered variant (A/B benchmarks).
+// On H100 (benchmarks/RESULTS.md) the tiled kernel beats dequantize + cuBLAS up to ~128 tokens.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -42,7 +43,7 @@ Path forced_path() {
 
 int64_t tiled_max() {
   const char* p = std::getenv("KBIT_LINEAR4_TILED_MAX");
-  return p ? std::atoll(p) : 512;
+  return p ? std::atoll(p) : 128;
 }
 
 // Checks the scale tensors and fills `s`; `keep` holds the contiguous tensors alive. As on the
@@ -160,7 +161,9 @@ at::Tensor linear_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const
   auto out = at::empty({M, N}, A.options());
   args.C = out.data_ptr();
   if (path == Path::Skinny) {
-    check_launch(cuda::linear_4bit_skinny(args, stream), "skinny");
+    const char* v = std::getenv("KBIT_LINEAR4_SKINNY");
+    const bool ring = v == nullptr || std::strcmp(v, "regs") != 0;
+    check_launch(cuda::linear_4bit_skinny(args, stream, ring), "skinny");
   } else {
     const int splits = cuda::linear_4bit_tiled_splits(args);
     at::Tensor ws;
