@@ -6,8 +6,8 @@
 Per row: median ms of each (L2 flushed by a 256 MB write before every call, timing.py), speedups,
 and at 1 token kbit's bandwidth on the packed weight + scales as a fraction of the measured copy
 bandwidth, also with a clean-L2 flush (a 256 MB read; no dirty lines to write back).
---variants adds a table of kbit's kernels forced one by one (KBIT_LINEAR4_PATH, and the skinny
-kernel's register-buffered variant KBIT_LINEAR4_SKINNY=regs) to pick the crossovers.
+--variants adds a table of kbit's kernels forced one by one (KBIT_LINEAR4_PATH) to pick the
+crossovers.
 """
 import argparse
 import os
@@ -126,8 +126,7 @@ def main():
 
 def add_variants(variants, timer, layer, N, K, M, dtype, dense):
     A = torch.randn(M, K, device="cuda", dtype=dtype)
-    for name, env in [("skinny (ring)", {"KBIT_LINEAR4_PATH": "skinny"}),
-                      ("skinny (regs)", {"KBIT_LINEAR4_PATH": "skinny", "KBIT_LINEAR4_SKINNY": "regs"}),
+    for name, env in [("skinny", {"KBIT_LINEAR4_PATH": "skinny"}),
                       ("tiled", {"KBIT_LINEAR4_PATH": "tiled"}),
                       ("dequant+cuBLAS", {"KBIT_LINEAR4_PATH": "dequant"})]:
         if name.startswith("skinny") and M > 16:

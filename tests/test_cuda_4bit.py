@@ -199,18 +199,13 @@ def poison_allocator():
 
 @pytest.fixture
 def path_env(monkeypatch):
-    """Forces a linear_4bit kernel: auto, skinny, skinny_regs (the register-buffered variant),
-    tiled, dequant."""
+    """Forces a linear_4bit kernel: auto, skinny, tiled, dequant."""
 
     def set_path(path):
-        monkeypatch.delenv("KBIT_LINEAR4_SKINNY", raising=False)
         if path == "auto":
             monkeypatch.delenv("KBIT_LINEAR4_PATH", raising=False)
-            return
-        if path == "skinny_regs":
-            path = "skinny"
-            monkeypatch.setenv("KBIT_LINEAR4_SKINNY", "regs")
-        monkeypatch.setenv("KBIT_LINEAR4_PATH", path)
+        else:
+            monkeypatch.setenv("KBIT_LINEAR4_PATH", path)
 
     return set_path
 
@@ -377,13 +372,13 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-5}
 
 @pytest.mark.parametrize("dq", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("path", ["auto", "skinny", "skinny_regs", "tiled", "dequant"])
+@pytest.mark.parametrize("path", ["auto", "skinny", "tiled", "dequant"])
 def test_linear_paths(path, dtype, dq, path_env):
     N, K = 272, 640  # N not a multiple of 128, K not of 128
     packed, state, b, W_ref = make_layer(N, K, dq=dq, dtype=dtype)
     path_env(path)
     for M in [1, 2, 3, 8, 9, 13, 16, 17, 40, 64, 65, 130, 256, 1024]:
-        if path.startswith("skinny") and M > 16:
+        if path == "skinny" and M > 16:
             continue
         A = torch.randn(M, K, device=DEV, dtype=dtype)
         poison_allocator()
@@ -532,10 +527,10 @@ def test_sanitize_sweep(path_env):
     for N, K in [(17, 96), (130, 4128), (40, 100)]:
         for dq in [False, True]:
             packed, state, b, W_ref = make_layer(N, K, dq=dq)
-            for path in ["auto", "skinny", "skinny_regs", "tiled", "dequant"]:
+            for path in ["auto", "skinny", "tiled", "dequant"]:
                 path_env(path)
                 for M in [1, 9, 70]:
-                    if path.startswith("skinny") and M > 16:
+                    if path == "skinny" and M > 16:
                         continue
                     A = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
                     out = run_linear(A, packed, state, b, N, K)

@@ -28,12 +28,11 @@ struct Linear4bitArgs {
 };
 
 // Whether the fused kernels accept these arguments: 16-bit dtype, K % 32 == 0, 16-byte aligned
-// A and W, 4-byte aligned scales. Otherwise the caller dequantizes and uses a dense matmul.
+// A and W. Otherwise the caller dequantizes and uses a dense matmul.
 bool linear_4bit_fusable(const Linear4bitArgs& a);
 
-// M <= 16. ring: stream weights through the per-lane cp.async ring (default); false: the
-// register double-buffered variant.
-cudaError_t linear_4bit_skinny(const Linear4bitArgs& a, cudaStream_t stream, bool ring = true);
+// M <= 16.
+cudaError_t linear_4bit_skinny(const Linear4bitArgs& a, cudaStream_t stream);
 
 // How many ways the tiled kernel splits K for this problem; > 1 needs an M x N float32 workspace
 // filled with zeros.

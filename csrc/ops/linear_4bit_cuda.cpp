@@ -5,7 +5,6 @@
 //   larger, or shapes the fused kernels do not take (K % 32 != 0, unaligned, float32 A):
 //                     dequantize W into an (N, K) buffer of A's dtype, then cuBLAS (at::addmm).
 // KBIT_LINEAR4_PATH=skinny|tiled|dequant forces a path where it applies (benchmarks, tests);
-// KBIT_LINEAR4_SKINNY=regs picks the skinny kernel's register-buffered variant (A/B benchmarks).
 // On H100 (benchmarks/RESULTS.md) the tiled kernel beats dequantize + cuBLAS up to ~128 tokens.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
@@ -161,9 +160,7 @@ at::Tensor linear_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const
   auto out = at::empty({M, N}, A.options());
   args.C = out.data_ptr();
   if (path == Path::Skinny) {
-    const char* v = std::getenv("KBIT_LINEAR4_SKINNY");
-    const bool ring = v == nullptr || std::strcmp(v, "regs") != 0;
-    check_launch(cuda::linear_4bit_skinny(args, stream, ring), "skinny");
+    check_launch(cuda::linear_4bit_skinny(args, stream), "skinny");
   } else {
     const int splits = cuda::linear_4bit_tiled_splits(args);
     at::Tensor ws;
