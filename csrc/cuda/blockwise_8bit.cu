@@ -42,25 +42,6 @@ __device__ __forceinline__ uint32_t encode_8bit(float x, const float* code) {
   return x < (lower + val) * 0.5f ? lower_p : pivot;
 }
 
-template <typename T>
-__device__ __forceinline__ void load8(const T* A, int64_t i, int64_t n, bool vec, float (&v)[8]) {
-  if (vec && i + 8 <= n) {
-    if constexpr (sizeof(T) == 2) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(A + i));
-      const T* h = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] = to_f32(h[e]);
-    } else {
-      const float4 a = __ldg(reinterpret_cast<const float4*>(A + i));
-      const float4 b = __ldg(reinterpret_cast<const float4*>(A + i) + 1);
-      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) v[e] = i + e < n ? to_f32(A[i + e]) : 0.0f;
-  }
-}
-
 __device__ __forceinline__ void encode_store8(const float (&v)[8], float inv, const float* code,
                                               uint8_t* q, int64_t i, int64_t n, bool vec) {
   uint32_t lo = 0, hi = 0;
@@ -184,11 +165,6 @@ __global__ void __launch_bounds__(kThreads) dequantize_8bit_kernel(const uint8_t
   }
 }
 
-int grid_for(int64_t items, int per_block) {
-  const int64_t blocks = ceil_div(items, per_block);
-  const int64_t cap = int64_t(sm_count()) * 16;
-  return int(blocks < cap ? (blocks > 0 ? blocks : 1) : cap);
-}
 
 template <typename T>
 cudaError_t launch_quantize(const void* A, const float* code, int64_t n, int64_t blocksize, uint8_t* q,

@@ -117,4 +117,31 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 // Multiprocessor count of the current device (cached per device).
 int sm_count();
 
+// Loads elements [i, i+8) of A as floats; out-of-range elements read as 0.
+template <typename T>
+__device__ __forceinline__ void load8(const T* A, int64_t i, int64_t n, bool vec, float (&v)[8]) {
+  if (vec && i + 8 <= n) {
+    if constexpr (sizeof(T) == 2) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(A + i));
+      const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = to_f32(h[e]);
+    } else {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(A + i));
+      const float4 b = __ldg(reinterpret_cast<const float4*>(A + i) + 1);
+      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = i + e < n ? to_f32(A[i + e]) : 0.0f;
+  }
+}
+
+// Blocks for a grid-stride loop over `items` with `per_block` per block, capped at 16 per SM.
+inline int grid_for(int64_t items, int per_block) {
+  const int64_t blocks = ceil_div(items, per_block);
+  const int64_t cap = int64_t(sm_count()) * 16;
+  return int(blocks < cap ? (blocks > 0 ? blocks : 1) : cap);
+}
+
 }  // namespace kbit::cuda
