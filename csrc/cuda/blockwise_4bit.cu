@@ -1,0 +1,241 @@
+// 4-bit blockwise quantize / dequantize (NF4, FP4), byte-exact with bitsandbytes.
+//
+// Quantize: each thread owns a vector of 8 consecutive elements (one 16-byte load for 16-bit
+// inputs) and writes the 4 packed bytes of it. The lanes that share a quantization block reduce
+// its absmax with warp shuffles: min(blocksize / 8, 32) lanes per block; blocks larger than 256
+// elements take a whole warp, which reads the block twice (max, then encode; the second read
+// hits L1/L2). Scaling multiplies by the float32 reciprocal of absmax, as bitsandbytes does, so an
+// all-zero block encodes NaN -> index 0 (it still dequantizes to 0), and the pad nibble of an odd
+// count is the code of 0.0 (0x7 for NF4).
+//
+// Dequantize: a lane-step turns 4 packed bytes into 8 16-bit outputs (2 into 4 floats): 16 bytes
+// per lane, so each warp store is 512 contiguous bytes. A step never crosses a quantization block
+// (blocksize >= 32), so one scale per step; codes come from a 16-entry float table in shared memory
+// (distinct banks, no conflicts).
+#include "cuda/blockwise_4bit.cuh"
+#include "cuda/common.cuh"
+
+namespace kbit::cuda {
+
+int sm_count() {
+  static int cached[64] = {0};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= 64) return 132;
+  if (cached[dev] == 0) {
+    int n = 0;
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    cached[dev] = n > 0 ? n : 132;
+  }
+  return cached[dev];
+}
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// Encodes 8 scaled elements and stores their 4 bytes at packed[i/2 ...], clipped to ceil(n/2).
+__device__ __forceinline__ void encode_store8(const float (&v)[8], float inv, int qt,
+                                              const float* mid, uint8_t* packed, int64_t i,
+                                              int64_t n) {
+  uint32_t word = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float x = v[e] * inv;
+    const uint32_t q = qt == 0 ? encode_nf4(x, mid) : encode_fp4(x);
+    // Element 2j -> high nibble of byte j, 2j+1 -> low nibble.
+    word |= q << (8 * (e / 2) + ((e & 1) ? 0 : 4));
+  }
+  if (i + 8 <= n) {
+    *reinterpret_cast<uint32_t*>(packed + i / 2) = word;
+  } else {
+    for (int b = 0; b < 4; ++b)
+      if (i + 2 * b < n) packed[i / 2 + b] = uint8_t(word >> (8 * b));
+  }
+}
+
+// One warp covers `span` = max(256, blocksize) elements per step of a grid-stride loop.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) quantize_4bit_kernel(const T* __restrict__ A, int64_t n,
+                                                                 int bs_log2, int qt, bool vec,
+                                                                 uint8_t* __restrict__ packed,
+                                                                 float* __restrict__ absmax) {
+  __shared__ float mid[16];
+  if (threadIdx.x < 15) mid[threadIdx.x] = kNF4Mid[threadIdx.x];
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31;
+  const int64_t bs = int64_t(1) << bs_log2;
+  const int group = bs >= 256 ? 32 : int(bs / 8);  // lanes per quantization block
+  const int64_t span = bs >= 256 ? bs : 256;
+  const int iters = int(span / 256);  // vectors per lane per block
+  const int64_t warps = ceil_div(n, span);
+  const int64_t stride = int64_t(gridDim.x) * (kThreads / 32);
+
+  for (int64_t w = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; w < warps; w += stride) {
+    const int64_t base = w * span;
+    if (iters == 1) {
+      const int64_t i = base + lane * 8;
+      float v[8];
+      load8(A, i, n, vec, v);
+      float m = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
+      for (int off = group / 2; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      if (i < n) {
+        if (lane % group == 0) absmax[i >> bs_log2] = m;
+        encode_store8(v, __frcp_rn(m), qt, mid, packed, i, n);
+      }
+    } else {
+      float m = 0.0f;
+      for (int it = 0; it < iters; ++it) {
+        float v[8];
+        load8(A, base + (it * 32 + lane) * 8, n, vec, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
+      }
+      for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      if (lane == 0) absmax[base >> bs_log2] = m;
+      const float inv = __frcp_rn(m);
+      for (int it = 0; it < iters; ++it) {
+        const int64_t i = base + (it * 32 + lane) * 8;
+        if (i >= n) break;
+        float v[8];
+        load8(A, i, n, vec, v);
+        encode_store8(v, inv, qt, mid, packed, i, n);
+      }
+    }
+  }
+}
+
+// Scale of quantization block b (float32 math without FMA contraction, as the reference does).
+template <bool DQ>
+__device__ __forceinline__ float block_scale(const AbsmaxRef& s, int64_t b, float offset) {
+  if constexpr (DQ) {
+    const float c = __ldg(s.nested_code + s.qabsmax[b]);
+    return __fadd_rn(__fmul_rn(c, __ldg(s.nested_absmax + (b >> s.nested_log2))), offset);
+  } else {
+    return __ldg(s.absmax + b);
+  }
+}
+
+// Each lane-step turns kPB packed bytes into 16 bytes of output (8 bf16/fp16 or 4 float), so a
+// warp's stores are 512 contiguous bytes; kU independent steps per thread keep enough loads in
+// flight. Steps that run past n or meet unaligned pointers take the per-element path.
+template <typename T, bool DQ>
+__global__ void __launch_bounds__(kThreads) dequantize_4bit_kernel(const uint8_t* __restrict__ packed,
+                                                                   AbsmaxRef s, int64_t n, int bs_log2,
+                                                                   int qt, bool vec, T* __restrict__ out) {
+  constexpr int kE = 16 / sizeof(T);  // elements per step
+  constexpr int kPB = kE / 2;         // packed bytes per step
+  constexpr int kU = 16 / kPB;        // steps per thread per iteration
+  __shared__ float code[16];
+  if (threadIdx.x < 16) code[threadIdx.x] = kCode4[qt][threadIdx.x];
+  __syncthreads();
+  const float offset = DQ ? __ldg(s.nested_offset) : 0.0f;
+  const int64_t steps = ceil_div(n, kE);
+  const int64_t nthreads = int64_t(gridDim.x) * kThreads;
+  for (int64_t base = int64_t(blockIdx.x) * kThreads + threadIdx.x; base < steps; base += nthreads * kU) {
+    uint32_t raw[kU];
+    float sc[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t st = base + u * nthreads;
+      raw[u] = 0;
+      sc[u] = 0.0f;
+      if (st < steps) {
+        sc[u] = block_scale<DQ>(s, (st * kE) >> bs_log2, offset);
+        if (vec && st * kE + kE <= n) {
+          if constexpr (kPB == 4) raw[u] = __ldg(reinterpret_cast<const uint32_t*>(packed) + st);
+          else raw[u] = __ldg(reinterpret_cast<const uint16_t*>(packed) + st);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t st = base + u * nthreads;
+      if (st >= steps) break;
+      const int64_t i0 = st * kE;
+      if (vec && i0 + kE <= n) {
+        uint32_t o[4];
+        if constexpr (sizeof(T) == 2) {
+#pragma unroll
+          for (int b = 0; b < 4; ++b) {
+            const uint32_t byte = (raw[u] >> (8 * b)) & 0xffu;
+            o[b] = pack2<T>(code[byte >> 4] * sc[u], code[byte & 15] * sc[u]);
+          }
+        } else {
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            const uint32_t byte = (raw[u] >> (8 * b)) & 0xffu;
+            o[2 * b] = __float_as_uint(code[byte >> 4] * sc[u]);
+            o[2 * b + 1] = __float_as_uint(code[byte & 15] * sc[u]);
+          }
+        }
+        *reinterpret_cast<uint4*>(out + i0) = make_uint4(o[0], o[1], o[2], o[3]);
+      } else {
+        for (int e = 0; e < kE && i0 + e < n; ++e) {
+          const uint32_t byte = packed[(i0 + e) / 2];
+          out[i0 + e] = from_f32<T>(code[(i0 + e) % 2 ? byte & 15 : byte >> 4] * sc[u]);
+        }
+      }
+    }
+  }
+}
+
+
+template <typename T>
+cudaError_t launch_quantize(const void* A, int64_t n, int64_t blocksize, int qt, uint8_t* packed,
+                            float* absmax, cudaStream_t stream) {
+  const int64_t span = blocksize >= 256 ? blocksize : 256;
+  const int grid = grid_for(ceil_div(n, span), kThreads / 32);
+  quantize_4bit_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(A), n,
+                                                         log2_exact(blocksize), qt, aligned16(A),
+                                                         packed, absmax);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_dequantize(const uint8_t* packed, const AbsmaxRef& s, int64_t n, int64_t blocksize,
+                              int qt, void* out, cudaStream_t stream) {
+  const int grid = grid_for(ceil_div(n, 32), kThreads);  // 32 elements per thread-iteration
+  const bool vec = (reinterpret_cast<uintptr_t>(packed) & 3) == 0 && aligned16(out);
+  if (s.nested())
+    dequantize_4bit_kernel<T, true><<<grid, kThreads, 0, stream>>>(packed, s, n, log2_exact(blocksize),
+                                                                   qt, vec, static_cast<T*>(out));
+  else
+    dequantize_4bit_kernel<T, false><<<grid, kThreads, 0, stream>>>(packed, s, n, log2_exact(blocksize),
+                                                                    qt, vec, static_cast<T*>(out));
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t quantize_4bit(const void* A, DType dtype, int64_t n, int64_t blocksize, int quant_type,
+                          uint8_t* packed, float* absmax, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  switch (dtype) {
+    case DType::F32: return launch_quantize<float>(A, n, blocksize, quant_type, packed, absmax, stream);
+    case DType::F16: return launch_quantize<__half>(A, n, blocksize, quant_type, packed, absmax, stream);
+    case DType::BF16:
+      return launch_quantize<__nv_bfloat16>(A, n, blocksize, quant_type, packed, absmax, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t dequantize_4bit(const uint8_t* packed, const AbsmaxRef& scales, int64_t n,
+                            int64_t blocksize, int quant_type, void* out, DType dtype,
+                            cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  switch (dtype) {
+    case DType::F32:
+      return launch_dequantize<float>(packed, scales, n, blocksize, quant_type, out, stream);
+    case DType::F16:
+      return launch_dequantize<__half>(packed, scales, n, blocksize, quant_type, out, stream);
+    case DType::BF16:
+      return launch_dequantize<__nv_bfloat16>(packed, scales, n, blocksize, quant_type, out, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace kbit::cuda

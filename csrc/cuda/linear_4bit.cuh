@@ -1,0 +1,44 @@
+// Launchers of the fused 4-bit linear kernels: C = A @ dequant(W)^T + bias with W (N, K) stored
+// as FORMAT.md packs it (row-major, element 2i in the high nibble). Two regimes:
+//   skinny: M <= 16 tokens (decode): bandwidth-bound, W streamed once, K split across warps;
+//   tiled:  M > 16: 128 weight rows x 64 tokens per block, activations staged in shared memory,
+//           K optionally split across blocks (float32 atomics into a workspace, then a cast pass).
+// Both dequantize W in registers straight into tensor-core (mma.sync m16n8k16) fragments and
+// decode double-quantized absmax inline. Torch-free; no CUDA device types in this header.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "cuda/blockwise_4bit.cuh"
+#include "cuda/blockwise_dtype.h"
+
+namespace kbit::cuda {
+
+struct Linear4bitArgs {
+  const void* A = nullptr;     // (M, K) row-major, dtype
+  const uint8_t* W = nullptr;  // packed 4-bit weight, N * K / 2 bytes
+  AbsmaxRef scales;            // per blocksize elements of the flat weight
+  const void* bias = nullptr;  // (N,) dtype, or null
+  void* C = nullptr;           // (M, N) row-major, dtype
+  int64_t M = 0, N = 0, K = 0;
+  int64_t blocksize = 64;
+  int quant_type = 0;          // 0 = NF4, 1 = FP4
+  DType dtype = DType::BF16;   // F16 or BF16
+};
+
+// Whether the fused kernels accept these arguments: 16-bit dtype, K % 32 == 0, 16-byte aligned
+// A and W. Otherwise the caller dequantizes and uses a dense matmul.
+bool linear_4bit_fusable(const Linear4bitArgs& a);
+
+// M <= 16.
+cudaError_t linear_4bit_skinny(const Linear4bitArgs& a, cudaStream_t stream);
+
+// How many ways the tiled kernel splits K for this problem; > 1 needs an M x N float32 workspace
+// filled with zeros.
+int linear_4bit_tiled_splits(const Linear4bitArgs& a);
+
+// Any M >= 1; workspace as linear_4bit_tiled_splits says (null when it returns 1).
+cudaError_t linear_4bit_tiled(const Linear4bitArgs& a, int splits, float* workspace, cudaStream_t stream);
+
+}  // namespace kbit::cuda

@@ -1,0 +1,122 @@
+// Device pieces shared by the fused 4-bit linear kernels (linear_4bit_skinny.cu, _tiled.cu).
+//
+// Swapped operands. The tensor-core op is mma.sync m16n8k16: its "A" operand (16 x 16) holds 16
+// rows of the weight W (output features), its "B" operand (16 x 8) holds 8 tokens of the
+// activations, and C (16 x 8) is out^T. So one token or eight cost the same instruction, and the
+// weight, which dominates traffic, feeds the 16-row side.
+//
+// k permutation. In a warp, lane = 4 * g + t. For A the lane holds rows g and g+8 at k-slots
+// {2t, 2t+1} and {2t+8, 2t+9}; for B it holds token g at the same four k-slots. A dot product does
+// not care which real k sits in which slot as long as A and B agree, so in a 128-wide chunk of K
+// lane t owns the 32 real columns [32t, 32t+32) and step j (0..7) puts columns 32t+4j+{0,1} in
+// slots {2t, 2t+1} and 32t+4j+{2,3} in slots {2t+8, 2t+9}. Then
+//   - each lane reads its weights as ONE 16-byte load per row (32 nibbles): byte 2j feeds the
+//     low register pair of step j, byte 2j+1 the high pair; no shuffles;
+//   - each lane reads its activations as contiguous 64 bytes per token: 32-bit word 2j is B's
+//     first register at step j and word 2j+1 the second.
+// A 32-column group always lies inside one quantization block (blocksize >= 32, K % 32 == 0), so a
+// lane needs one scale per row per chunk.
+//
+// Dequantization through a byte table. A packed byte holds two adjacent columns, which is exactly
+// one 32-bit A register (two 16-bit values, low half = even column = high nibble). A 256-entry
+// shared-memory table maps the byte to that register of unscaled code values; it is replicated 32
+// times so that lane L always reads bank L (conflict-free for any data): entry v of lane L sits at
+// byte (v << 7) | (L << 2), 32 KB in all. One lookup + one 16-bit multiply by the scale per two
+// weights.
+#pragma once
+#include "cuda/common.cuh"
+#include "cuda/linear_4bit.cuh"
+
+namespace kbit::cuda::mma {
+
+constexpr int kLutBytes = 256 * 32 * 4;
+
+// Fills the replicated byte table (kLutBytes of shared memory) for code `qt` in type T.
+template <typename T>
+__device__ __forceinline__ void fill_lut(uint4* lut, int qt) {
+  for (int i = threadIdx.x; i < kLutBytes / 16; i += blockDim.x) {
+    const int v = i >> 3;  // 8 uint4 = 32 lane copies per entry
+    const uint32_t w = pack2<T>(kCode4[qt][v >> 4], kCode4[qt][v & 15]);
+    lut[i] = make_uint4(w, w, w, w);
+  }
+}
+
+// The A register for byte p (0..3) of w: a table read at (byte << 7) | lane4. Callers unroll
+// their loops, so p is a constant and this is one shift, one and-or and one shared load.
+__device__ __forceinline__ uint32_t lut_at(const char* lut, uint32_t w, int p, uint32_t lane4) {
+  const uint32_t off = p == 0 ? ((w << 7) & 0x7f80u) : ((w >> (8 * p - 7)) & 0x7f80u);
+  return *reinterpret_cast<const uint32_t*>(lut + (off | lane4));
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
+  using T2 = typename Half2Of<T>::type;
+  T2 r = __hmul2(*reinterpret_cast<T2*>(&a), *reinterpret_cast<T2*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                 uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// A row's scale for one chunk, as loaded (prefetched) and then decoded.
+struct RawScale {
+  float a;     // absmax, or nested absmax when double-quantized
+  uint32_t q;  // uint8 absmax code when double-quantized
+};
+
+template <bool DQ>
+__device__ __forceinline__ RawScale load_scale(const AbsmaxRef& s, int64_t b, bool ok) {
+  RawScale r{0.0f, 0u};
+  if (ok) {
+    if constexpr (DQ) {
+      r.q = __ldg(s.qabsmax + b);
+      r.a = __ldg(s.nested_absmax + (b >> s.nested_log2));
+    } else {
+      r.a = __ldg(s.absmax + b);
+    }
+  }
+  return r;
+}
+
+// code8: the 256-value nested code in shared memory. No FMA contraction, to match the reference.
+template <bool DQ>
+__device__ __forceinline__ float decode_scale(const RawScale& r, const float* code8, float offset) {
+  if constexpr (DQ) return __fadd_rn(__fmul_rn(code8[r.q], r.a), offset);
+  return r.a;
+}
+
+// Dequantizes step j's A fragment for rows g (w0, scale s0) and g+8 (w1, s1) of one 16-row tile.
+// j must be a constant after unrolling (it selects registers).
+template <typename T>
+__device__ __forceinline__ void a_frag(uint32_t (&a)[4], int j, const char* lut, uint32_t lane4,
+                                       const uint4& w0, const uint4& w1, uint32_t s0, uint32_t s1) {
+  const uint32_t x0 = (j / 2 == 0) ? w0.x : (j / 2 == 1) ? w0.y : (j / 2 == 2) ? w0.z : w0.w;
+  const uint32_t x1 = (j / 2 == 0) ? w1.x : (j / 2 == 1) ? w1.y : (j / 2 == 2) ? w1.z : w1.w;
+  const int p = 2 * (j % 2);
+  a[0] = hmul2<T>(lut_at(lut, x0, p, lane4), s0);
+  a[1] = hmul2<T>(lut_at(lut, x1, p, lane4), s1);
+  a[2] = hmul2<T>(lut_at(lut, x0, p + 1, lane4), s0);
+  a[3] = hmul2<T>(lut_at(lut, x1, p + 1, lane4), s1);
+}
+
+}  // namespace kbit::cuda::mma
