@@ -10,6 +10,7 @@ large models); threshold 6.0 treats them in 16-bit, threshold 0.0 quantizes ever
 import argparse
 import json
 import logging
+import os
 
 import torch
 
@@ -60,6 +61,14 @@ def bench_linear(timer, bnb, shapes, tokens):
         for M in tokens:
             A = make_inputs(M, K, gen)
             ms = {name: timer(lambda f=f: f(A)) for name, f in fns.items()}
+            if 32 < M <= 256:  # the skinny kernel beyond its default range, for tuning the switch
+                os.environ["KBIT_INT8_SKINNY_MAX_M"] = "100000"
+                ms["kbit t6 skinny"] = timer(lambda: fns["kbit t6"](A))
+                ms["kbit t0 skinny"] = timer(lambda: fns["kbit t0"](A))
+                del os.environ["KBIT_INT8_SKINNY_MAX_M"]
+                sk = ms["kbit t6 skinny"], ms["kbit t0 skinny"]
+                print(f"# {N}x{K} M={M}: skinny t6 {sk[0]:.4f} ms, t0 {sk[1]:.4f} ms "
+                      f"(vs _int_mm t6 {ms['kbit t6']:.4f}, t0 {ms['kbit t0']:.4f})")
             # Accuracy beside the timing: each int8 output against the bf16 layer's output.
             ref = fns["bf16"](A).float()
             err = {name: ((fns[name](A).float() - ref).norm() / ref.norm()).item()

@@ -258,25 +258,28 @@ def test_kernel_path_sweep(dtype):
 
 
 # ---- checks and registration ------------------------------------------------------------------
-def test_bad_input_raises():
+def _bad_calls():
     CB, SCB = weight(16, 32)
-    A = torch.randn(4, 32, device=DEV)
-    with pytest.raises(TypeError, match="A must be"):
-        ops.linear_8bit(A.int(), CB.to(DEV), SCB.to(DEV), 6.0, None)
-    with pytest.raises(ValueError, match="features"):
-        ops.linear_8bit(A[:, :31], CB.to(DEV), SCB.to(DEV), 6.0, None)
-    with pytest.raises(RuntimeError, match="device|cuda|CUDA"):
-        ops.linear_8bit(A, CB, SCB, 6.0, None)  # weight on the CPU
-    with pytest.raises(ValueError, match="bias"):
-        ops.linear_8bit(A, CB.to(DEV), SCB.to(DEV), 6.0, torch.zeros(15, device=DEV))
-    with pytest.raises(TypeError, match="W_q"):
-        ops.int8_linear(A.to(torch.int8), CB.to(DEV).float(), torch.ones(4, device=DEV), SCB.to(DEV), None,
-                        torch.float16)
-    with pytest.raises(ValueError, match="a_stats"):
-        ops.int8_linear(A.to(torch.int8), CB.to(DEV), torch.ones(3, device=DEV), SCB.to(DEV), None,
-                        torch.float16)
-    with pytest.raises(TypeError):
-        ops.int8_vectorwise_quant(torch.ones(3, 3, dtype=torch.int32, device=DEV), 0.0)
+    A = torch.randn(4, 32)
+    cb, scb = CB.to(DEV), SCB.to(DEV)
+    a = A.to(DEV)
+    ones, a8, f16 = torch.ones(4, device=DEV), a.to(torch.int8), torch.float16
+    return [
+        (TypeError, "A must be", lambda: ops.linear_8bit(a.int(), cb, scb, 6.0, None)),
+        (ValueError, "features", lambda: ops.linear_8bit(a[:, :31].contiguous(), cb, scb, 6.0, None)),
+        (RuntimeError, "device|cuda|CUDA", lambda: ops.linear_8bit(a, CB, SCB, 6.0, None)),
+        (ValueError, "bias", lambda: ops.linear_8bit(a, cb, scb, 6.0, torch.zeros(15, device=DEV))),
+        (TypeError, "W_q", lambda: ops.int8_linear(a8, cb.float(), ones, scb, None, f16)),
+        (ValueError, "a_stats", lambda: ops.int8_linear(a8, cb, ones[:3], scb, None, f16)),
+        (TypeError, "A must be", lambda: ops.int8_vectorwise_quant(a.int(), 0.0)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_bad_input_raises(case):
+    exc, match, call = _bad_calls()[case]
+    with pytest.raises(exc, match=match):
+        call()
 
 
 def test_opcheck():

@@ -15,7 +15,8 @@
 // Outliers: colmask marks columns computed in 16-bit. Their q entries are subtracted exactly from
 // the int32 sums (so q need not be zeroed there), and A[m, c] * W[n, c] is summed in float32 and
 // scaled by w_stats[n] / 127. The columns are found by a block scan of the mask (K / 8 bytes) and
-// handled kOutCap at a time, their A, q and W values staged in shared memory.
+// handled kOutCap at a time, their A, q and W values staged in shared memory; the first round runs
+// before the main loop, under the latency of the first W loads.
 //
 // Shapes the tensor-core kernel cannot take (K % 16 != 0, unaligned rows) go to a generic kernel:
 // one warp per output, lanes along K. Correct for any shape, not fast.
@@ -69,6 +70,50 @@ __device__ __forceinline__ void mma_s8(int (&c)[4], uint32_t a0, uint32_t a1, ui
 #endif
 }
 
+template <int MT>
+struct OutlierSmem {
+  int scan[32];
+  int list[kOutCap];
+  int w[kTileN][kOutCap];
+  int q[MT][kOutCap];
+  float a[MT][kOutCap];
+};
+
+// One round of outlier columns (ranks [base, base + kOutCap)): stage their W, q and A values in
+// shared memory, then each owned output (W row nl, token ml) takes the q * W products out of its
+// int32 sum and adds A * W in float32. Called by all threads (barriers inside).
+template <int MT, int kOuts>
+__device__ void outlier_round(const SmallParams& p, const OutlierWalk& walk, int base, int64_t n0, int64_t m0,
+                              OutlierSmem<MT>& sm, const bool (&own)[kOuts], const int (&nl)[kOuts],
+                              const int (&ml)[kOuts], int (&iacc)[kOuts], float (&facc)[kOuts]) {
+  const int64_t M = p.M, N = p.N, K = p.K;
+  const int cnt = min(kOutCap, walk.total - base);
+  walk.fill(base, kOutCap, sm.list);
+  __syncthreads();
+  for (int i = threadIdx.x; i < cnt * kTileN; i += kThreads) {
+    const int j = i / kTileN, r = i % kTileN;
+    sm.w[r][j] = n0 + r < N ? int(p.W[(n0 + r) * K + sm.list[j]]) : 0;
+  }
+  for (int i = threadIdx.x; i < cnt * MT; i += kThreads) {
+    const int j = i / MT, r = i % MT;
+    const int64_t m = m0 + r, c = sm.list[j];
+    const bool ok = m < M;
+    sm.a[r][j] = ok ? load_any(p.A, m * K + c, p.a_dtype) : 0.0f;
+    sm.q[r][j] = ok ? int(p.Aq[m * K + c]) : 0;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int o = 0; o < kOuts; ++o) {
+    if (!own[o]) continue;
+    for (int j = 0; j < cnt; ++j) {
+      const int wv = sm.w[nl[o]][j];
+      iacc[o] -= sm.q[ml[o]][j] * wv;
+      facc[o] += sm.a[ml[o]][j] * float(wv);
+    }
+  }
+  __syncthreads();
+}
+
 // MG: groups of 8 tokens per block (1, 2 or 4); TO: output element type.
 template <int MG, typename TO>
 __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p) {
@@ -77,7 +122,9 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p
   constexpr int kOuts = (MG * 128 + kThreads - 1) / kThreads;  // outputs per thread at the end
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
   const int64_t M = p.M, N = p.N, K = p.K;
-  const int64_t n0 = int64_t(blockIdx.x) * kTileN, m0 = int64_t(blockIdx.y) * MT;
+  // Token tiles run fastest through the grid, so the blocks that share W rows run together and
+  // all but the first read them from L2.
+  const int64_t n0 = int64_t(blockIdx.y) * kTileN, m0 = int64_t(blockIdx.x) * MT;
   const int64_t spans = (K + 63) / 64;
   const int64_t s0 = spans * warp / kWarps, s1 = spans * (warp + 1) / kWarps;
 
@@ -108,6 +155,30 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p
   }
   griddep_wait();
 
+  // Which outputs this thread finishes: fragment register i of lane l holds W row (l/4) + 8*(i >= 2)
+  // and token mg*8 + 2*(l%4) + (i & 1); slot = mg*4 + i.
+  int iacc[kOuts], nl[kOuts], ml[kOuts];
+  float facc[kOuts];
+  bool own[kOuts];
+#pragma unroll
+  for (int o = 0; o < kOuts; ++o) {
+    const int idx = threadIdx.x + o * kThreads, slot = (idx >> 5) & (MG * 4 - 1), l = idx & 31, i = slot & 3;
+    own[o] = idx < MG * 128;
+    iacc[o] = 0;
+    facc[o] = 0.0f;
+    nl[o] = (l >> 2) + (i >= 2 ? 8 : 0);
+    ml[o] = (slot >> 2) * 8 + (l & 3) * 2 + (i & 1);
+  }
+
+  // The first round of outlier columns now, while the first W loads are in flight.
+  __shared__ OutlierSmem<MT> sm;
+  OutlierWalk walk;
+  walk.total = 0;
+  if (p.colmask) {
+    walk.begin(p.colmask, K, sm.scan);
+    if (walk.total > 0) outlier_round<MT, kOuts>(p, walk, 0, n0, m0, sm, own, nl, ml, iacc, facc);
+  }
+
   for (int64_t s = s0; s < s1; s += U) {
     uint4 qa[U][MG];
 #pragma unroll
@@ -136,68 +207,21 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p
     }
   }
 
-  // Sum the 8 warps' fragments. Fragment register i of lane l holds W row (l/4) + 8*(i >= 2) and
-  // token mg*8 + 2*(l%4) + (i & 1).
+  // Sum the 8 warps' fragments.
   __shared__ int s_red[kWarps][MG * 4][32];
 #pragma unroll
   for (int mg = 0; mg < MG; ++mg)
 #pragma unroll
     for (int i = 0; i < 4; ++i) s_red[warp][mg * 4 + i][lane] = acc[mg][i];
   __syncthreads();
-
-  int iacc[kOuts], nl[kOuts], ml[kOuts];
-  float facc[kOuts];
-  bool own[kOuts];
 #pragma unroll
   for (int o = 0; o < kOuts; ++o) {
     const int idx = threadIdx.x + o * kThreads;
-    own[o] = idx < MG * 128;
-    iacc[o] = 0;
-    facc[o] = 0.0f;
-    const int slot = own[o] ? idx >> 5 : 0, l = idx & 31;
     if (own[o])
-      for (int w = 0; w < kWarps; ++w) iacc[o] += s_red[w][slot][l];
-    const int i = slot & 3;
-    nl[o] = (l >> 2) + (i >= 2 ? 8 : 0);
-    ml[o] = (slot >> 2) * 8 + (l & 3) * 2 + (i & 1);
+      for (int w = 0; w < kWarps; ++w) iacc[o] += s_red[w][idx >> 5][idx & 31];
   }
-
-  if (p.colmask) {
-    __shared__ int s_scan[32];
-    __shared__ int s_list[kOutCap];
-    __shared__ int s_w[kTileN][kOutCap];
-    __shared__ int s_q[MT][kOutCap];
-    __shared__ float s_a[MT][kOutCap];
-    OutlierWalk walk;
-    walk.begin(p.colmask, K, s_scan);
-    for (int base = 0; base < walk.total; base += kOutCap) {
-      const int cnt = min(kOutCap, walk.total - base);
-      walk.fill(base, kOutCap, s_list);
-      __syncthreads();
-      for (int i = threadIdx.x; i < cnt * kTileN; i += kThreads) {
-        const int j = i / kTileN, r = i % kTileN;
-        s_w[r][j] = n0 + r < N ? int(p.W[(n0 + r) * K + s_list[j]]) : 0;
-      }
-      for (int i = threadIdx.x; i < cnt * MT; i += kThreads) {
-        const int j = i / MT, r = i % MT;
-        const int64_t m = m0 + r, c = s_list[j];
-        const bool ok = m < M;
-        s_a[r][j] = ok ? load_any(p.A, m * K + c, p.a_dtype) : 0.0f;
-        s_q[r][j] = ok ? int(p.Aq[m * K + c]) : 0;
-      }
-      __syncthreads();
-#pragma unroll
-      for (int o = 0; o < kOuts; ++o) {
-        if (!own[o]) continue;
-        for (int j = 0; j < cnt; ++j) {
-          const int wv = s_w[nl[o]][j];
-          iacc[o] -= s_q[ml[o]][j] * wv;
-          facc[o] += s_a[ml[o]][j] * float(wv);
-        }
-      }
-      __syncthreads();
-    }
-  }
+  for (int base = kOutCap; base < walk.total; base += kOutCap)
+    outlier_round<MT, kOuts>(p, walk, base, n0, m0, sm, own, nl, ml, iacc, facc);
 
   TO* out = static_cast<TO*>(p.out);
 #pragma unroll
@@ -276,10 +300,10 @@ cudaError_t launch_typed(const SmallParams& p, bool fast, bool pdl, cudaStream_t
     if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
     return launch(generic_kernel<TO>, dim3(unsigned(blocks)), pdl, stream, p);
   }
-  const unsigned gx = unsigned((p.N + kTileN - 1) / kTileN);
-  if (p.M <= 8) return launch(skinny_kernel<1, TO>, dim3(gx, 1), pdl, stream, p);
-  if (p.M <= 16) return launch(skinny_kernel<2, TO>, dim3(gx, 1), pdl, stream, p);
-  return launch(skinny_kernel<4, TO>, dim3(gx, unsigned((p.M + 31) / 32)), pdl, stream, p);
+  const unsigned gy = unsigned((p.N + kTileN - 1) / kTileN);
+  if (p.M <= 8) return launch(skinny_kernel<1, TO>, dim3(1, gy), pdl, stream, p);
+  if (p.M <= 16) return launch(skinny_kernel<2, TO>, dim3(1, gy), pdl, stream, p);
+  return launch(skinny_kernel<4, TO>, dim3(unsigned((p.M + 31) / 32), gy), pdl, stream, p);
 }
 
 }  // namespace
@@ -294,8 +318,8 @@ cudaError_t int8_linear_small(const int8_t* Aq, const float* a_stats, const int8
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   const bool aligned = reinterpret_cast<uintptr_t>(Aq) % 16 == 0 && reinterpret_cast<uintptr_t>(W) % 16 == 0;
-  const bool fast = major >= 8 && K > 0 && K % 16 == 0 && aligned && (N + kTileN - 1) / kTileN <= 0x7fffffff &&
-                    (M + 31) / 32 <= 65535;
+  const bool fast = major >= 8 && K > 0 && K % 16 == 0 && aligned && (N + kTileN - 1) / kTileN <= 65535 &&
+                    (M + 31) / 32 <= 0x7fffffff;
   const bool pdl = chained && pdl_allowed();
   switch (out_dtype) {
     case kI8F32:

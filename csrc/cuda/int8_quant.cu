@@ -65,6 +65,12 @@ __device__ __forceinline__ uint32_t block_max(uint32_t m, uint32_t* scratch) {
   return m;
 }
 
+// Every row of an outlier column hits the same mask word: read it from L2 first and only issue
+// the atomic when a bit is still missing, else thousands of same-address atomics serialize.
+__device__ __forceinline__ void set_bits(uint32_t* word, uint32_t bits) {
+  if ((__ldcg(word) & bits) != bits) atomicOr(word, bits);
+}
+
 __device__ __forceinline__ int8_t quantize(float x, uint32_t keep_below, float scale) {
   const float v = abs_bits(x) < keep_below ? __fmul_rn(x, scale) : 0.0f;
   return static_cast<int8_t>(max(-127, min(127, __float2int_rn(v))));
@@ -142,13 +148,13 @@ __global__ void __launch_bounds__(kThreads)
         bits |= uint32_t(b >= thr && b <= kInfBits) << i;
       }
       // V consecutive columns starting at a multiple of V never straddle a mask word.
-      if (mark && bits) atomicOr(colmask + ((v * V) >> 5), bits << ((v * V) & 31));
+      if (mark && bits) set_bits(colmask + ((v * V) >> 5), bits << ((v * V) & 31));
     }
   } else {
     for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
       const uint32_t b = abs_bits(to_float(a[c]));
       m = max(m, b < thr ? b : 0u);
-      if (mark && b >= thr && b <= kInfBits) atomicOr(colmask + (c >> 5), 1u << (c & 31));
+      if (mark && b >= thr && b <= kInfBits) set_bits(colmask + (c >> 5), 1u << (c & 31));
     }
   }
   m = block_max(m, s_red);

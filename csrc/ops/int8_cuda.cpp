@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <vector>
 
 #include "cuda/int8.cuh"
@@ -19,6 +20,12 @@ namespace kbit::ops {
 namespace {
 
 constexpr int64_t kSmallM = 32;
+
+// Tokens up to which the skinny kernel runs; KBIT_INT8_SKINNY_MAX_M overrides it (for tuning).
+int64_t skinny_max_m() {
+  const char* v = std::getenv("KBIT_INT8_SKINNY_MAX_M");
+  return v ? std::atoll(v) : kSmallM;
+}
 
 int dtype_code(at::ScalarType s) {
   switch (s) {
@@ -88,7 +95,7 @@ T* ptr_or_null(const at::Tensor& t) {
 
 // cuBLAS int8 GEMM via at::_int_mm: it wants more than 16 rows and K, N multiples of 8.
 bool use_int_mm(int64_t M, int64_t N, int64_t K) {
-  return M > kSmallM && M > 16 && K > 0 && K % 8 == 0 && N % 8 == 0;
+  return M > skinny_max_m() && M > 16 && K > 0 && K % 8 == 0 && N % 8 == 0;
 }
 
 // out (M x N) = dequantized q @ W^T + bias [+ outlier product over colmask's columns, from A].
