@@ -1,0 +1,63 @@
+// Launchers of kbit's LLM.int8() CUDA kernels (torch-free: raw pointers and a cudaStream_t).
+// csrc/ops/int8_cuda.cpp checks shapes and dtypes, allocates, and calls these; each returns the
+// launch's cudaError_t.
+//
+// Pipeline of one Linear8bitLt forward (linear_8bit) for M tokens, K in-, N out-features:
+//   int8_row_quant       A -> q (int8), row_stats, column outlier mask (bit per column)
+//   M small:  int8_linear_small      tensor-core skinny GEMM streaming W at bandwidth, with the
+//                                    dequantization, outlier product and bias in its epilogue
+//   M large:  int8_outlier_prep      sorted outlier list, q zeroed in outlier columns, W's
+//                                    outlier columns gathered;  then at::_int_mm (ops layer);
+//             int8_dequant_epilogue  int32 -> dtype with row/col scales, outlier product, bias
+// No step reads anything back to the host, so shapes are static (CUDA graphs, torch.compile).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace kbit::cuda {
+
+// Element types of float tensors, as the ops layer passes them.
+enum Int8Dtype : int { kI8F32 = 0, kI8F16 = 1, kI8BF16 = 2 };
+
+// Outlier columns per round of the epilogues' outlier product; also the number of W columns
+// int8_outlier_prep gathers for int8_dequant_epilogue (Wo has kOutlierGather rows of N).
+constexpr int kOutlierGather = 64;
+
+// Row-wise quantization (bitsandbytes' rule, core/int8_rowwise.h): entries with |x| >= threshold
+// are left out of row_stats and written as 0; NaN likewise. threshold must already be rounded to
+// A's dtype; <= 0 means none. When colmask is not null (and threshold > 0), bit c of colmask
+// (ceil(cols / 32) words) is set for each column holding an outlier; the launcher clears it first
+// or, for few rows, has extra blocks own it. q is NOT zeroed in outlier columns here.
+cudaError_t int8_row_quant(const void* A, int dtype, int64_t rows, int64_t cols, float threshold,
+                           int8_t* q, float* row_stats, uint32_t* colmask, cudaStream_t stream);
+
+// From colmask (cols bits): count[0] = number of outlier columns; list32 / list64 (each may be
+// null) = their sorted indices; q (rows x cols, may be null) zeroed in those columns; and, when W
+// (N x cols) and Wo are given, Wo[j, n] = W[n, list[j]] for j < kOutlierGather.
+cudaError_t int8_outlier_prep(const uint32_t* colmask, int64_t cols, int8_t* q, int64_t rows,
+                              const int8_t* W, int64_t N, int8_t* Wo, int32_t* list32,
+                              int64_t* list64, int32_t* count, cudaStream_t stream);
+
+// C (M x N, out_dtype) = (Aq @ W^T) * a_stats[:, None] * w_stats[None, :] / 127^2 + bias, where
+// with colmask the columns it marks use A's 16/32-bit values instead: Aq's entries there are
+// ignored and A[:, c] @ (W[:, c] * w_stats / 127)^T is added. bias (float32) may be null.
+// Any M; fast for small M (one pass over W per 32 rows of A). Needs K % 16 == 0 and 16-byte
+// aligned Aq and W for the tensor-core path, else runs a slow generic kernel. chained: the
+// previous kernel on the stream is int8_row_quant (which writes no W), so this one may start
+// while it finishes and load W early (programmatic dependent launch, sm_90).
+cudaError_t int8_linear_small(const int8_t* Aq, const float* a_stats, const int8_t* W,
+                              const float* w_stats, const float* bias, const uint32_t* colmask,
+                              const void* A, int a_dtype, int64_t M, int64_t N, int64_t K, void* out,
+                              int out_dtype, bool chained, cudaStream_t stream);
+
+// out (M x N, out_dtype) = C * a_stats[:, None] * w_stats[None, :] / 127^2 + bias, plus, when
+// count is not null, the outlier product over the count[0] columns list[] (A's values times W's
+// columns times w_stats / 127; Wo as int8_outlier_prep gathers it). Needs N % 4 == 0.
+cudaError_t int8_dequant_epilogue(const int32_t* C, const float* a_stats, const float* w_stats,
+                                  const float* bias, int64_t M, int64_t N, const int32_t* list,
+                                  const int32_t* count, const int8_t* Wo, const int8_t* W, int64_t K,
+                                  const void* A, int a_dtype, void* out, int out_dtype,
+                                  cudaStream_t stream);
+
+}  // namespace kbit::cuda

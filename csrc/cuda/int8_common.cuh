@@ -1,0 +1,122 @@
+// Device helpers of the LLM.int8() kernels: element conversion, magnitudes as bit patterns,
+// programmatic dependent launch (PDL), a block-wide scan, and the outlier-column walk that the
+// epilogues share. Torch-free.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/int8.cuh"
+
+namespace kbit::cuda::int8 {
+
+constexpr uint32_t kInfBits = 0x7f800000u;
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// A[i] of a float tensor whose element type is known only at run time (outlier values: few).
+__device__ __forceinline__ float load_any(const void* A, int64_t i, int dtype) {
+  if (dtype == kI8F32) return static_cast<const float*>(A)[i];
+  if (dtype == kI8F16) return __half2float(static_cast<const __half*>(A)[i]);
+  return __bfloat162float(static_cast<const __nv_bfloat16*>(A)[i]);
+}
+
+// |x| as its float bit pattern: orders like |x|, and NaN sorts above inf.
+__device__ __forceinline__ uint32_t abs_bits(float x) { return __float_as_uint(x) & 0x7fffffffu; }
+
+// The threshold as a bound on abs_bits: entries at or above it are outliers. Without a threshold
+// it lies just above inf, so only NaN is excluded (as core/int8_rowwise.cpp does).
+__host__ __device__ inline uint32_t threshold_bits(float threshold) {
+  if (!(threshold > 0.0f)) return kInfBits + 1;
+  union {
+    float f;
+    uint32_t u;
+  } v{threshold};
+  return v.u;
+}
+
+// PDL (sm_90): a kernel launched with programmatic stream serialization may start while the
+// previous kernel runs; griddep_wait() blocks until that kernel has finished and its writes are
+// visible. A no-op when not launched that way. griddep_launch() lets the next kernel start early.
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void griddep_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Exclusive prefix sum of x over the block (blockDim.x a multiple of 32, at most 1024); *total
+// gets the sum. scratch: 32 ints of shared memory. Contains __syncthreads: call from all threads.
+__device__ __forceinline__ int block_exclusive_scan(int x, int* scratch, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  int incl = x;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += y;
+  }
+  if (lane == 31) scratch[warp] = incl;
+  __syncthreads();
+  int before = 0, sum = 0;
+  for (int w = 0; w < nwarps; ++w) {
+    const int s = scratch[w];
+    before += w < warp ? s : 0;
+    sum += s;
+  }
+  __syncthreads();  // scratch may be reused after this
+  *total = sum;
+  return before + incl - x;
+}
+
+// The outlier columns of a bit mask, walked in rounds of `cap` by rank (their sorted order). Each
+// thread owns words [w0, w1) of the mask; begin() ranks them, fill() writes the column indices
+// with ranks [base, base + cap) into list (shared memory).
+struct OutlierWalk {
+  const uint32_t* mask;
+  int w0, w1;
+  int first;  // rank of this thread's first set bit
+  int total;  // set bits in the whole mask
+
+  __device__ void begin(const uint32_t* m, int64_t cols, int* scratch) {
+    mask = m;
+    const int nw = int((cols + 31) / 32);
+    const int per = (nw + int(blockDim.x) - 1) / int(blockDim.x);
+    w0 = min(nw, int(threadIdx.x) * per);
+    w1 = min(nw, w0 + per);
+    int local = 0;
+    for (int w = w0; w < w1; ++w) local += __popc(mask[w]);
+    first = block_exclusive_scan(local, scratch, &total);
+  }
+
+  __device__ void fill(int base, int cap, int* list) const {
+    int rank = first;
+    for (int w = w0; w < w1 && rank < base + cap; ++w) {
+      uint32_t bits = mask[w];
+      while (bits) {
+        const int b = __ffs(bits) - 1;
+        bits &= bits - 1;
+        if (rank >= base && rank < base + cap) list[rank - base] = w * 32 + b;
+        ++rank;
+      }
+    }
+  }
+};
+
+}  // namespace kbit::cuda::int8

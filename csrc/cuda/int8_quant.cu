@@ -1,0 +1,276 @@
+// LLM.int8() activation quantization on the GPU: row statistics, int8 values and the column
+// outlier mask in one pass over A, and the small follow-up that turns the mask into a sorted list.
+//
+// int8_row_quant: one block of 256 threads per row. Pass 1 reads the row in 16-byte vectors,
+// keeps the largest |x| below the threshold (compared as float bit patterns, like the CPU
+// reference) and marks outlier columns; the block reduces the maximum; pass 2 reads the row again
+// (from L1/L2: the block just read it, so DRAM sees it once) and writes round(x * scale) with
+// scale = 127 * (1 / row_stats), two float32 roundings, bit-identical to core/int8_rowwise.cpp.
+// The mask is shared by all rows: with many rows, blocks atomicOr their bits into a cleared mask
+// (outliers are rare, so atomics are too); with few rows (decode), extra blocks each own 1024
+// columns, read them in every row and write their 32 mask words whole, which needs no clearing
+// pass (one launch less on the latency-bound decode path).
+//
+// int8_outlier_prep: every block ranks the mask's set bits with a block scan (the mask is K/8
+// bytes), then each thread handles the bits of its words: block 0 writes the sorted list and the
+// count, and each block zeroes its slice of q's rows and gathers its slice of W's outlier columns.
+#include <algorithm>
+
+#include "cuda/int8_common.cuh"
+
+namespace kbit::cuda {
+namespace {
+
+using namespace int8;
+
+constexpr int kThreads = 256;
+constexpr int kMaskCols = 1024;        // columns per mask-owning block
+constexpr int64_t kMaskBlockRows = 16;  // at most this many rows: mask-owning blocks, no memset
+
+// The i-th element (i a compile-time constant after unrolling) of a 16-byte vector of T.
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  static constexpr int kN = 4;
+  __device__ static float get(const uint4& u, int i) {
+    return __uint_as_float(i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w);
+  }
+};
+__device__ __forceinline__ uint32_t half_word(const uint4& u, int i) {
+  const int w = i >> 1;
+  const uint32_t x = w == 0 ? u.x : w == 1 ? u.y : w == 2 ? u.z : u.w;
+  return (i & 1) ? x >> 16 : x & 0xffffu;
+}
+template <>
+struct Vec<__half> {
+  static constexpr int kN = 8;
+  __device__ static float get(const uint4& u, int i) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(half_word(u, i))));
+  }
+};
+template <>
+struct Vec<__nv_bfloat16> {
+  static constexpr int kN = 8;
+  __device__ static float get(const uint4& u, int i) { return __uint_as_float(half_word(u, i) << 16); }
+};
+
+__device__ __forceinline__ uint32_t block_max(uint32_t m, uint32_t* scratch) {
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, d));
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = 0;
+  for (int w = 0; w < kThreads / 32; ++w) m = max(m, scratch[w]);
+  return m;
+}
+
+// Every row of an outlier column hits the same mask word: read it from L2 first and only issue
+// the atomic when a bit is still missing, else thousands of same-address atomics serialize.
+__device__ __forceinline__ void set_bits(uint32_t* word, uint32_t bits) {
+  if ((__ldcg(word) & bits) != bits) atomicOr(word, bits);
+}
+
+__device__ __forceinline__ int8_t quantize(float x, uint32_t keep_below, float scale) {
+  const float v = abs_bits(x) < keep_below ? __fmul_rn(x, scale) : 0.0f;
+  return static_cast<int8_t>(max(-127, min(127, __float2int_rn(v))));
+}
+
+// Mask-owning block: columns [c0, c0 + kMaskCols) over all rows.
+template <typename T, bool kVector>
+__device__ void mask_columns(const T* __restrict__ A, int64_t rows, int64_t cols, uint32_t thr,
+                             int64_t c0, uint32_t* __restrict__ colmask) {
+  __shared__ uint32_t s_mask[kMaskCols / 32];
+  if (threadIdx.x < kMaskCols / 32) s_mask[threadIdx.x] = 0;
+  __syncthreads();
+  if (kVector) {
+    constexpr int V = Vec<T>::kN;
+    constexpr int kPerRow = kMaskCols / V;  // vectors per row of the block's columns
+    constexpr int kRowStep = kThreads / kPerRow;
+    const int vi = threadIdx.x % kPerRow;
+    const int64_t c = c0 + int64_t(vi) * V;
+    if (c < cols) {
+      uint32_t bits = 0;
+#pragma unroll 4
+      for (int64_t r = threadIdx.x / kPerRow; r < rows; r += kRowStep) {
+        const uint4 u = *reinterpret_cast<const uint4*>(A + r * cols + c);
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const uint32_t b = abs_bits(Vec<T>::get(u, i));
+          bits |= uint32_t(b >= thr && b <= kInfBits) << i;
+        }
+      }
+      if (bits) atomicOr(&s_mask[(c - c0) >> 5], bits << (c & 31));
+    }
+  } else {
+    for (int ci = threadIdx.x; ci < kMaskCols; ci += kThreads) {
+      const int64_t c = c0 + ci;
+      if (c >= cols) break;
+      bool hit = false;
+      for (int64_t r = 0; r < rows; ++r) {
+        const uint32_t b = abs_bits(to_float(A[r * cols + c]));
+        hit |= b >= thr && b <= kInfBits;
+      }
+      if (hit) atomicOr(&s_mask[ci >> 5], 1u << (ci & 31));
+    }
+  }
+  __syncthreads();
+  const int64_t nw = (cols + 31) / 32, w = c0 / 32 + threadIdx.x;
+  if (threadIdx.x < kMaskCols / 32 && w < nw) colmask[w] = s_mask[threadIdx.x];
+}
+
+template <typename T, bool kVector>
+__global__ void __launch_bounds__(kThreads)
+    row_quant_kernel(const T* __restrict__ A, int64_t rows, int64_t cols, uint32_t thr,
+                     int8_t* __restrict__ q, float* __restrict__ row_stats,
+                     uint32_t* __restrict__ colmask, bool atomic_mask) {
+  griddep_launch();  // the GEMM that consumes q may start loading W now
+  if (blockIdx.x >= rows) {
+    mask_columns<T, kVector>(A, rows, cols, thr, int64_t(blockIdx.x - rows) * kMaskCols, colmask);
+    return;
+  }
+  __shared__ uint32_t s_red[kThreads / 32];
+  const int64_t r = blockIdx.x;
+  const T* a = A + r * cols;
+  int8_t* qr = q + r * cols;
+  const bool mark = atomic_mask;
+  uint32_t m = 0;
+  if (kVector) {
+    constexpr int V = Vec<T>::kN;
+    const int64_t nv = cols / V;
+    for (int64_t v = threadIdx.x; v < nv; v += kThreads) {
+      const uint4 u = *reinterpret_cast<const uint4*>(a + v * V);
+      uint32_t bits = 0;
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const uint32_t b = abs_bits(Vec<T>::get(u, i));
+        m = max(m, b < thr ? b : 0u);
+        bits |= uint32_t(b >= thr && b <= kInfBits) << i;
+      }
+      // V consecutive columns starting at a multiple of V never straddle a mask word.
+      if (mark && bits) set_bits(colmask + ((v * V) >> 5), bits << ((v * V) & 31));
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
+      const uint32_t b = abs_bits(to_float(a[c]));
+      m = max(m, b < thr ? b : 0u);
+      if (mark && b >= thr && b <= kInfBits) set_bits(colmask + (c >> 5), 1u << (c & 31));
+    }
+  }
+  m = block_max(m, s_red);
+  const float s = __uint_as_float(m);
+  if (threadIdx.x == 0) row_stats[r] = s;
+  const float scale = s > 0.0f ? __fmul_rn(127.0f, __frcp_rn(s)) : 0.0f;
+  const uint32_t keep_below = min(thr, kInfBits);
+  if (kVector) {
+    constexpr int V = Vec<T>::kN;
+    const int64_t nv = cols / V;
+    for (int64_t v = threadIdx.x; v < nv; v += kThreads) {
+      const uint4 u = *reinterpret_cast<const uint4*>(a + v * V);
+      uint32_t lo = 0, hi = 0;
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const uint32_t byte = static_cast<uint8_t>(quantize(Vec<T>::get(u, i), keep_below, scale));
+        if (i < 4)
+          lo |= byte << (8 * i);
+        else
+          hi |= byte << (8 * (i - 4));
+      }
+      if (V == 8)
+        *reinterpret_cast<uint2*>(qr + v * V) = make_uint2(lo, hi);
+      else
+        *reinterpret_cast<uint32_t*>(qr + v * V) = lo;
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) qr[c] = quantize(to_float(a[c]), keep_below, scale);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    outlier_prep_kernel(const uint32_t* __restrict__ colmask, int64_t cols, int8_t* __restrict__ q,
+                        int64_t rows, int64_t rows_per_block, const int8_t* __restrict__ W, int64_t N,
+                        int64_t n_per_block, int8_t* __restrict__ Wo, int32_t* __restrict__ list32,
+                        int64_t* __restrict__ list64, int32_t* __restrict__ count) {
+  __shared__ int scratch[32];
+  OutlierWalk walk;
+  walk.begin(colmask, cols, scratch);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *count = walk.total;
+  const int64_t r0 = int64_t(blockIdx.x) * rows_per_block, r1 = min(rows, r0 + rows_per_block);
+  const int64_t n0 = int64_t(blockIdx.x) * n_per_block, n1 = min(N, n0 + n_per_block);
+  int rank = walk.first;
+  for (int w = walk.w0; w < walk.w1; ++w) {
+    uint32_t bits = colmask[w];
+    while (bits) {
+      const int64_t c = int64_t(w) * 32 + (__ffs(bits) - 1);
+      bits &= bits - 1;
+      if (blockIdx.x == 0) {
+        if (list32) list32[rank] = int32_t(c);
+        if (list64) list64[rank] = c;
+      }
+      if (q)
+        for (int64_t r = r0; r < r1; ++r) q[r * cols + c] = 0;
+      if (Wo && rank < kOutlierGather)
+        for (int64_t n = n0; n < n1; ++n) Wo[int64_t(rank) * N + n] = W[n * cols + c];
+      ++rank;
+    }
+  }
+}
+
+template <typename T>
+cudaError_t launch_row_quant(const T* A, int64_t rows, int64_t cols, uint32_t thr, int8_t* q,
+                             float* row_stats, uint32_t* colmask, bool mask_blocks, bool atomic_mask,
+                             cudaStream_t stream) {
+  const bool vec = cols % Vec<T>::kN == 0 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
+  const int64_t grid = rows + (mask_blocks ? (cols + kMaskCols - 1) / kMaskCols : 0);
+  if (vec)
+    row_quant_kernel<T, true><<<grid, kThreads, 0, stream>>>(A, rows, cols, thr, q, row_stats, colmask, atomic_mask);
+  else
+    row_quant_kernel<T, false><<<grid, kThreads, 0, stream>>>(A, rows, cols, thr, q, row_stats, colmask, atomic_mask);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t int8_row_quant(const void* A, int dtype, int64_t rows, int64_t cols, float threshold,
+                           int8_t* q, float* row_stats, uint32_t* colmask, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return cudaSuccess;
+  if (rows > 0x7fffffff - (cols + kMaskCols - 1) / kMaskCols) return cudaErrorInvalidConfiguration;
+  const uint32_t thr = threshold_bits(threshold);
+  const bool want_mask = colmask != nullptr;
+  const bool mask_blocks = want_mask && threshold > 0.0f && rows <= kMaskBlockRows;
+  const bool atomic_mask = want_mask && threshold > 0.0f && !mask_blocks;
+  if (want_mask && !mask_blocks) {
+    // Cleared here; the row blocks then set bits (no bits at all without a threshold).
+    const cudaError_t e = cudaMemsetAsync(colmask, 0, size_t((cols + 31) / 32) * 4, stream);
+    if (e != cudaSuccess) return e;
+  }
+  switch (dtype) {
+    case kI8F32:
+      return launch_row_quant(static_cast<const float*>(A), rows, cols, thr, q, row_stats, colmask,
+                              mask_blocks, atomic_mask, stream);
+    case kI8F16:
+      return launch_row_quant(static_cast<const __half*>(A), rows, cols, thr, q, row_stats, colmask,
+                              mask_blocks, atomic_mask, stream);
+    case kI8BF16:
+      return launch_row_quant(static_cast<const __nv_bfloat16*>(A), rows, cols, thr, q, row_stats,
+                              colmask, mask_blocks, atomic_mask, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t int8_outlier_prep(const uint32_t* colmask, int64_t cols, int8_t* q, int64_t rows,
+                              const int8_t* W, int64_t N, int8_t* Wo, int32_t* list32,
+                              int64_t* list64, int32_t* count, cudaStream_t stream) {
+  if (cols <= 0) return cudaMemsetAsync(count, 0, 4, stream);
+  if (!q) rows = 0;
+  if (!W || !Wo) N = 0;
+  int64_t blocks = std::max<int64_t>((rows + 31) / 32, (N + 63) / 64);
+  blocks = std::min<int64_t>(std::max<int64_t>(blocks, 1), 1024);
+  const int64_t rows_per_block = (rows + blocks - 1) / blocks, n_per_block = (N + blocks - 1) / blocks;
+  outlier_prep_kernel<<<int(blocks), kThreads, 0, stream>>>(colmask, cols, q, rows, rows_per_block, W, N,
+                                                            n_per_block, Wo, list32, list64, count);
+  return cudaGetLastError();
+}
+
+}  // namespace kbit::cuda

@@ -1,0 +1,231 @@
+// CUDA registrations of the LLM.int8() ops (kernels in csrc/cuda/int8_*.cu, pipeline in
+// cuda/int8.cuh). Inputs are checked as on the CPU; work buffers come from torch's caching
+// allocator; kernels run on the current stream.
+//
+// int8 GEMM by token count M: up to kSmallM tokens (and for shapes at::_int_mm refuses) the
+// skinny tensor-core kernel reads W once at memory bandwidth with everything fused; above, cuBLAS'
+// int8 GEMM through at::_int_mm (int32 out) and one fused epilogue pass.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <vector>
+
+#include "cuda/int8.cuh"
+#include "ops/checks.h"
+
+namespace kbit::ops {
+namespace {
+
+constexpr int64_t kSmallM = 32;
+
+// Tokens up to which the skinny kernel runs; KBIT_INT8_SKINNY_MAX_M overrides it (for tuning).
+int64_t skinny_max_m() {
+  const char* v = std::getenv("KBIT_INT8_SKINNY_MAX_M");
+  return v ? std::atoll(v) : kSmallM;
+}
+
+int dtype_code(at::ScalarType s) {
+  switch (s) {
+    case at::kFloat:
+      return cuda::kI8F32;
+    case at::kHalf:
+      return cuda::kI8F16;
+    case at::kBFloat16:
+      return cuda::kI8BF16;
+    default:
+      TORCH_CHECK_TYPE(false, "kbit: expected float32, float16 or bfloat16; got ", s);
+  }
+}
+
+void check_launch(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, "kbit: CUDA kernel ", what, " failed: ", cudaGetErrorString(e));
+}
+
+void check_cuda(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.is_cuda(), "kbit: ", what, " must be a CUDA tensor; got one on ", t.device());
+}
+
+int64_t leading_rows(const at::Tensor& A, const char* what) {
+  TORCH_CHECK_VALUE(A.dim() >= 1, "kbit: ", what, " must have at least one dimension");
+  return c10::multiply_integers(A.sizes().slice(0, A.dim() - 1));
+}
+
+// The threshold as A's dtype rounds it (the CPU reference compares in that precision); 0 = none.
+float rounded_threshold(at::ScalarType s, double threshold) {
+  if (!(threshold > 0)) return 0.0f;
+  if (s == at::kHalf) return float(at::Half(float(threshold)));
+  if (s == at::kBFloat16) return float(at::BFloat16(float(threshold)));
+  return float(threshold);
+}
+
+void check_int8_weight(const at::Tensor& W_q, const at::Tensor& w_stats, int64_t K, const at::Tensor& ref) {
+  check_dtype(W_q, at::kChar, "W_q");
+  check_dtype(w_stats, at::kFloat, "w_stats");
+  check_same_device(W_q, ref, "W_q", "A");
+  check_same_device(w_stats, ref, "w_stats", "A");
+  TORCH_CHECK_VALUE(W_q.dim() == 2, "kbit: W_q must be 2-D (out_features, in_features); got ", W_q.sizes());
+  TORCH_CHECK_VALUE(W_q.size(1) == K, "kbit: A has ", K, " features but W_q expects ", W_q.size(1));
+  TORCH_CHECK_VALUE(w_stats.numel() == W_q.size(0), "kbit: w_stats has ", w_stats.numel(),
+                    " values but W_q has ", W_q.size(0), " rows");
+}
+
+// Bias as float32 (the kernels add it in float32 before the one rounding to the output dtype).
+at::Tensor checked_bias(const c10::optional<at::Tensor>& bias, int64_t N, const at::Tensor& ref) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  check_float_input(*bias, "bias");
+  check_same_device(*bias, ref, "bias", "A");
+  TORCH_CHECK_VALUE(bias->numel() == N, "kbit: bias has ", bias->numel(), " values but the layer has ", N,
+                    " outputs");
+  return bias->to(at::kFloat).contiguous().view({N});
+}
+
+std::vector<int64_t> out_shape(const at::Tensor& A, int64_t N) {
+  auto s = A.sizes().vec();
+  s.back() = N;
+  return s;
+}
+
+template <typename T>
+T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+// cuBLAS int8 GEMM via at::_int_mm: it wants more than 16 rows and K, N multiples of 8.
+bool use_int_mm(int64_t M, int64_t N, int64_t K) {
+  return M > skinny_max_m() && M > 16 && K > 0 && K % 8 == 0 && N % 8 == 0;
+}
+
+// out (M x N) = dequantized q @ W^T + bias [+ outlier product over colmask's columns, from A].
+void int8_gemm(const at::Tensor& q, const at::Tensor& rs, const at::Tensor& w, const at::Tensor& ws,
+               const at::Tensor& bias, const at::Tensor& colmask, const at::Tensor& A, int64_t M, int64_t N,
+               int64_t K, at::Tensor& out, bool chained) {
+  auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int a_code = A.defined() ? dtype_code(A.scalar_type()) : cuda::kI8F32;
+  const int out_code = dtype_code(out.scalar_type());
+  const void* a_ptr = A.defined() ? A.data_ptr() : nullptr;
+  if (!use_int_mm(M, N, K)) {
+    check_launch(cuda::int8_linear_small(q.data_ptr<int8_t>(), rs.data_ptr<float>(), w.data_ptr<int8_t>(),
+                                         ws.data_ptr<float>(), ptr_or_null<float>(bias),
+                                         ptr_or_null<uint32_t>(colmask), a_ptr, a_code, M, N, K, out.data_ptr(),
+                                         out_code, chained, stream),
+                 "int8_linear_small");
+    return;
+  }
+  at::Tensor list, count, Wo;
+  if (colmask.defined()) {
+    // Sorted outlier list, q zeroed there (the int8 GEMM must not count them), W's columns gathered.
+    list = at::empty({K}, q.options().dtype(at::kInt));
+    count = at::empty({1}, q.options().dtype(at::kInt));
+    Wo = at::empty({cuda::kOutlierGather, N}, q.options().dtype(at::kChar));
+    check_launch(cuda::int8_outlier_prep(ptr_or_null<uint32_t>(colmask), K, q.data_ptr<int8_t>(), M,
+                                         w.data_ptr<int8_t>(), N, Wo.data_ptr<int8_t>(), list.data_ptr<int32_t>(),
+                                         nullptr, count.data_ptr<int32_t>(), stream),
+                 "int8_outlier_prep");
+  }
+  const at::Tensor C = at::_int_mm(q.view({M, K}), w.t());
+  check_launch(cuda::int8_dequant_epilogue(C.data_ptr<int32_t>(), rs.data_ptr<float>(), ws.data_ptr<float>(),
+                                           ptr_or_null<float>(bias), M, N, ptr_or_null<int32_t>(list),
+                                           ptr_or_null<int32_t>(count), ptr_or_null<int8_t>(Wo),
+                                           w.data_ptr<int8_t>(), K, a_ptr, a_code, out.data_ptr(), out_code,
+                                           stream),
+               "int8_dequant_epilogue");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cuda(const at::Tensor& A,
+                                                                          double threshold) {
+  check_float_input(A, "A");
+  check_cuda(A, "A");
+  const int64_t rows = leading_rows(A, "A"), cols = A.size(-1);
+  c10::cuda::CUDAGuard guard(A.device());
+  auto a = A.contiguous();
+  auto q = at::empty(A.sizes(), A.options().dtype(at::kChar));
+  auto row_stats = at::empty({rows}, A.options().dtype(at::kFloat));
+  auto none = at::empty({0}, A.options().dtype(at::kLong));
+  if (rows == 0) return {q, row_stats, none};
+  if (cols == 0) return {q, row_stats.zero_(), none};
+  auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  const float thr = rounded_threshold(A.scalar_type(), threshold);
+  at::Tensor colmask;
+  if (thr > 0) colmask = at::empty({(cols + 31) / 32}, A.options().dtype(at::kInt));
+  check_launch(cuda::int8_row_quant(a.data_ptr(), dtype_code(A.scalar_type()), rows, cols, thr,
+                                    q.data_ptr<int8_t>(), row_stats.data_ptr<float>(),
+                                    ptr_or_null<uint32_t>(colmask), stream),
+               "int8_row_quant");
+  if (!colmask.defined()) return {q, row_stats, none};
+  auto list = at::empty({cols}, A.options().dtype(at::kLong));
+  auto count = at::empty({1}, A.options().dtype(at::kInt));
+  check_launch(cuda::int8_outlier_prep(ptr_or_null<uint32_t>(colmask), cols, q.data_ptr<int8_t>(), rows,
+                                       nullptr, 0, nullptr, nullptr, list.data_ptr<int64_t>(),
+                                       count.data_ptr<int32_t>(), stream),
+               "int8_outlier_prep");
+  // The one host sync: this op's output size depends on the data (linear_8bit has none).
+  const int64_t n = count.item<int32_t>();
+  return {q, row_stats, list.narrow(0, 0, n)};
+}
+
+at::Tensor int8_linear_cuda(const at::Tensor& A_q, const at::Tensor& W_q, const at::Tensor& a_stats,
+                            const at::Tensor& w_stats, const c10::optional<at::Tensor>& bias,
+                            at::ScalarType dtype) {
+  check_dtype(A_q, at::kChar, "A_q");
+  check_dtype(a_stats, at::kFloat, "a_stats");
+  check_float_dtype(dtype, "dtype");
+  check_cuda(A_q, "A_q");
+  const int64_t M = leading_rows(A_q, "A_q"), K = A_q.size(-1);
+  check_int8_weight(W_q, w_stats, K, A_q);
+  check_same_device(a_stats, A_q, "a_stats", "A_q");
+  const int64_t N = W_q.size(0);
+  TORCH_CHECK_VALUE(a_stats.numel() == M, "kbit: a_stats has ", a_stats.numel(), " values but A_q has ", M,
+                    " rows");
+  c10::cuda::CUDAGuard guard(A_q.device());
+  auto b = checked_bias(bias, N, A_q);
+  auto out = at::empty({M, N}, A_q.options().dtype(dtype));
+  if (M > 0 && N > 0) {
+    auto q = A_q.contiguous().view({M, K});
+    int8_gemm(q, a_stats.contiguous(), W_q.contiguous(), w_stats.contiguous(), b, at::Tensor(), at::Tensor(), M,
+              N, K, out, /*chained=*/false);
+  }
+  return out.view(out_shape(A_q, N));
+}
+
+at::Tensor linear_8bit_cuda(const at::Tensor& A, const at::Tensor& W_q, const at::Tensor& w_stats,
+                            double threshold, const c10::optional<at::Tensor>& bias) {
+  check_float_input(A, "A");
+  check_cuda(A, "A");
+  const int64_t M = leading_rows(A, "A"), K = A.size(-1);
+  check_int8_weight(W_q, w_stats, K, A);
+  const int64_t N = W_q.size(0);
+  c10::cuda::CUDAGuard guard(A.device());
+  auto b = checked_bias(bias, N, A);
+  auto out = at::empty({M, N}, A.options());
+  if (M == 0 || N == 0) return out.view(out_shape(A, N));
+  if (K == 0) {
+    out.zero_();
+    if (b.defined()) out.add_(b);
+    return out.view(out_shape(A, N));
+  }
+  auto a = A.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  const float thr = rounded_threshold(A.scalar_type(), threshold);
+  auto q = at::empty({M, K}, A.options().dtype(at::kChar));
+  auto rs = at::empty({M}, A.options().dtype(at::kFloat));
+  at::Tensor colmask;
+  if (thr > 0) colmask = at::empty({(K + 31) / 32}, A.options().dtype(at::kInt));
+  check_launch(cuda::int8_row_quant(a.data_ptr(), dtype_code(A.scalar_type()), M, K, thr, q.data_ptr<int8_t>(),
+                                    rs.data_ptr<float>(), ptr_or_null<uint32_t>(colmask), stream),
+               "int8_row_quant");
+  int8_gemm(q, rs, W_q.contiguous(), w_stats.contiguous(), b, colmask, a, M, N, K, out, /*chained=*/true);
+  return out.view(out_shape(A, N));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kbit, CUDA, m) {
+  m.impl("int8_vectorwise_quant", &int8_vectorwise_quant_cuda);
+  m.impl("int8_linear", &int8_linear_cuda);
+  m.impl("linear_8bit", &linear_8bit_cuda);
+}
+
+}  // namespace kbit::ops
