@@ -1,0 +1,73 @@
+#include "core/optim_adam.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "core/parallel.h"
+
+namespace kbit::core {
+
+void code_midpoints(const float* code, float* mid) {
+  for (int k = 0; k < 255; ++k) mid[k] = 0.5f * (code[k] + code[k + 1]);
+  mid[255] = std::numeric_limits<float>::infinity();
+}
+
+template <typename T>
+void adam_update_32bit(T* p, const T* g, float* m, float* v, int64_t n, const AdamConfig& c) {
+  parallel_for(0, n, 1 << 14, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float pv = to_float(p[i]);
+      adam_element(pv, to_float(g[i]), m[i], v[i], c);
+      p[i] = from_float<T>(pv);
+    }
+  });
+}
+
+template <typename T>
+void adam_update_8bit_blockwise(T* p, const T* g, uint8_t* state1, uint8_t* state2, float* absmax1,
+                                float* absmax2, const float* code1, const float* code2, int64_t n,
+                                const AdamConfig& c) {
+  float mid1[256], mid2[256];
+  code_midpoints(code1, mid1);
+  code_midpoints(code2, mid2);
+  const int64_t blocks = (n + kOptimBlocksize - 1) / kOptimBlocksize;
+  parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+    float m[kOptimBlocksize], v[kOptimBlocksize];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t start = b * kOptimBlocksize;
+      const int64_t len = std::min(kOptimBlocksize, n - start);
+      const float a1 = absmax1[b], a2 = absmax2[b];
+      float new_a1 = 0.0f, new_a2 = 0.0f;
+      for (int64_t j = 0; j < len; ++j) {
+        const int64_t i = start + j;
+        float pv = to_float(p[i]);
+        m[j] = code1[state1[i]] * a1;
+        v[j] = code2[state2[i]] * a2;
+        adam_element(pv, to_float(g[i]), m[j], v[j], c);
+        p[i] = from_float<T>(pv);
+        new_a1 = std::max(new_a1, std::fabs(m[j]));
+        new_a2 = std::max(new_a2, std::fabs(v[j]));
+      }
+      // An all-zero block keeps absmax 0; its values encode as the code's zero.
+      const float inv1 = new_a1 > 0.0f ? 1.0f / new_a1 : 0.0f;
+      const float inv2 = new_a2 > 0.0f ? 1.0f / new_a2 : 0.0f;
+      for (int64_t j = 0; j < len; ++j) {
+        state1[start + j] = uint8_t(nearest_by_midpoints(mid1, m[j] * inv1));
+        state2[start + j] = uint8_t(nearest_by_midpoints(mid2, v[j] * inv2));
+      }
+      absmax1[b] = new_a1;
+      absmax2[b] = new_a2;
+    }
+  });
+}
+
+#define KBIT_INSTANTIATE(T)                                                                          \
+  template void adam_update_32bit<T>(T*, const T*, float*, float*, int64_t, const AdamConfig&);      \
+  template void adam_update_8bit_blockwise<T>(T*, const T*, uint8_t*, uint8_t*, float*, float*,      \
+                                              const float*, const float*, int64_t, const AdamConfig&);
+KBIT_INSTANTIATE(float)
+KBIT_INSTANTIATE(half)
+KBIT_INSTANTIATE(bfloat16)
+#undef KBIT_INSTANTIATE
+
+}  // namespace kbit::core
