@@ -1,0 +1,147 @@
+// CPU registrations of the LLM.int8() ops: row-wise quantization with outlier columns, the int8
+// GEMM with fused dequantization, and the whole Linear8bitLt forward (linear_8bit).
+#include <torch/library.h>
+
+#include <vector>
+
+#include "core/int8_gemm.h"
+#include "core/int8_rowwise.h"
+#include "ops/checks.h"
+#include "ops/dispatch.h"
+
+namespace kbit::ops {
+namespace {
+
+// Number of rows when A is viewed as (rows, last dimension); A must be at least 1-D.
+int64_t leading_rows(const at::Tensor& A, const char* what) {
+  TORCH_CHECK_VALUE(A.dim() >= 1, "kbit: ", what, " must have at least one dimension");
+  return c10::multiply_integers(A.sizes().slice(0, A.dim() - 1));
+}
+
+std::vector<uint8_t> outlier_mask(const at::Tensor& a, int64_t rows, int64_t cols, double threshold) {
+  std::vector<uint8_t> mask(cols, 0);
+  if (threshold > 0 && rows > 0) {
+    dispatch_float(a.scalar_type(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      core::find_outlier_columns<T>(data_as<T>(a), rows, cols, float(threshold), mask.data());
+    });
+  }
+  return mask;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cpu(const at::Tensor& A,
+                                                                         double threshold) {
+  check_float_input(A, "A");
+  const int64_t rows = leading_rows(A, "A"), cols = A.size(-1);
+  auto a = A.contiguous();
+  auto q = at::empty(A.sizes(), A.options().dtype(at::kChar));
+  auto row_stats = at::zeros({rows}, A.options().dtype(at::kFloat));
+  const auto mask = outlier_mask(a, rows, cols, threshold);
+  if (cols > 0 && rows > 0) {
+    dispatch_float(A.scalar_type(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      core::int8_vectorwise_quant<T>(data_as<T>(a), rows, cols, mask.data(), q.data_ptr<int8_t>(),
+                                     row_stats.data_ptr<float>());
+    });
+  }
+  std::vector<int64_t> idx;
+  for (int64_t c = 0; c < cols; ++c)
+    if (mask[c]) idx.push_back(c);
+  auto outlier_cols = at::tensor(idx, A.options().dtype(at::kLong));
+  return {q, row_stats, outlier_cols.reshape({int64_t(idx.size())})};
+}
+
+void check_int8_weight(const at::Tensor& W_q, const at::Tensor& w_stats, int64_t K, const at::Tensor& ref) {
+  check_dtype(W_q, at::kChar, "W_q");
+  check_dtype(w_stats, at::kFloat, "w_stats");
+  check_same_device(W_q, ref, "W_q", "A");
+  check_same_device(w_stats, ref, "w_stats", "A");
+  TORCH_CHECK_VALUE(W_q.dim() == 2, "kbit: W_q must be 2-D (out_features, in_features); got ", W_q.sizes());
+  TORCH_CHECK_VALUE(W_q.size(1) == K, "kbit: A has ", K, " features but W_q expects ", W_q.size(1));
+  TORCH_CHECK_VALUE(w_stats.numel() == W_q.size(0), "kbit: w_stats has ", w_stats.numel(),
+                    " values but W_q has ", W_q.size(0), " rows");
+}
+
+at::Tensor checked_bias(const c10::optional<at::Tensor>& bias, int64_t N, at::ScalarType dtype,
+                        const at::Tensor& ref) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  check_float_input(*bias, "bias");
+  check_same_device(*bias, ref, "bias", "A");
+  TORCH_CHECK_VALUE(bias->numel() == N, "kbit: bias has ", bias->numel(), " values but the layer has ", N,
+                    " outputs");
+  return bias->to(dtype).contiguous();
+}
+
+std::vector<int64_t> out_shape(const at::Tensor& A, int64_t N) {
+  auto s = A.sizes().vec();
+  s.back() = N;
+  return s;
+}
+
+at::Tensor int8_linear_cpu(const at::Tensor& A_q, const at::Tensor& W_q, const at::Tensor& a_stats,
+                           const at::Tensor& w_stats, const c10::optional<at::Tensor>& bias,
+                           at::ScalarType dtype) {
+  check_dtype(A_q, at::kChar, "A_q");
+  check_dtype(a_stats, at::kFloat, "a_stats");
+  check_float_dtype(dtype, "dtype");
+  const int64_t M = leading_rows(A_q, "A_q"), K = A_q.size(-1);
+  check_int8_weight(W_q, w_stats, K, A_q);
+  const int64_t N = W_q.size(0);
+  TORCH_CHECK_VALUE(a_stats.numel() == M, "kbit: a_stats has ", a_stats.numel(), " values but A_q has ", M,
+                    " rows");
+  auto b = checked_bias(bias, N, dtype, A_q);
+  auto out = at::empty(out_shape(A_q, N), A_q.options().dtype(dtype));
+  auto a = A_q.contiguous(), w = W_q.contiguous(), as = a_stats.contiguous(), ws = w_stats.contiguous();
+  dispatch_float(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    core::int8_linear<T>(a.data_ptr<int8_t>(), w.data_ptr<int8_t>(), as.data_ptr<float>(), ws.data_ptr<float>(),
+                         b.defined() ? data_as<T>(b) : nullptr, M, N, K, data_as<T>(out));
+  });
+  return out;
+}
+
+at::Tensor linear_8bit_cpu(const at::Tensor& A, const at::Tensor& W_q, const at::Tensor& w_stats,
+                           double threshold, const c10::optional<at::Tensor>& bias) {
+  check_float_input(A, "A");
+  const int64_t M = leading_rows(A, "A"), K = A.size(-1);
+  check_int8_weight(W_q, w_stats, K, A);
+  const int64_t N = W_q.size(0);
+  auto b = checked_bias(bias, N, at::kFloat, A);
+  auto a = A.contiguous();
+  // int8 part in float32, then the 16-bit outlier product and bias added in float32, cast once.
+  auto out = at::zeros({M, N}, A.options().dtype(at::kFloat));
+  if (M > 0 && K > 0) {
+    const auto mask = outlier_mask(a, M, K, threshold);
+    auto q = at::empty({M, K}, A.options().dtype(at::kChar));
+    auto row_stats = at::empty({M}, A.options().dtype(at::kFloat));
+    dispatch_float(A.scalar_type(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      core::int8_vectorwise_quant<T>(data_as<T>(a), M, K, mask.data(), q.data_ptr<int8_t>(),
+                                     row_stats.data_ptr<float>());
+    });
+    auto w = W_q.contiguous(), ws = w_stats.contiguous();
+    core::int8_linear<float>(q.data_ptr<int8_t>(), w.data_ptr<int8_t>(), row_stats.data_ptr<float>(),
+                             ws.data_ptr<float>(), nullptr, M, N, K, out.data_ptr<float>());
+    std::vector<int64_t> idx;
+    for (int64_t c = 0; c < K; ++c)
+      if (mask[c]) idx.push_back(c);
+    if (!idx.empty()) {
+      auto cols = at::tensor(idx, A.options().dtype(at::kLong));
+      auto a_out = a.reshape({M, K}).index_select(1, cols).to(at::kFloat);
+      auto w_out = w.index_select(1, cols).to(at::kFloat) * (ws.unsqueeze(1) / 127.0f);
+      out.addmm_(a_out, w_out.t());
+    }
+  }
+  if (b.defined()) out.add_(b);
+  return out.to(A.scalar_type()).reshape(out_shape(A, N));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kbit, CPU, m) {
+  m.impl("int8_vectorwise_quant", &int8_vectorwise_quant_cpu);
+  m.impl("int8_linear", &int8_linear_cpu);
+  m.impl("linear_8bit", &linear_8bit_cpu);
+}
+
+}  // namespace kbit::ops
