@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import kbit.optim as O
+import kbit.optim as KO
 from kbit.nn.stable_embedding import StableEmbedding
 from kbit.optim import _ops
 from kbit.optim.qmaps import dynamic_map, state_codes
@@ -96,9 +96,9 @@ def test_32bit_op_tracks_torch(dtype, name, torch_cls):
 def _op_args_8bit(n=512, dtype=torch.float32):
     code1, code2 = state_codes(torch.device("cpu"))
     nb = -(-n // 256)
-    return ["adamw", torch.randn(n, dtype=dtype), torch.randn(n, dtype=dtype), torch.zeros(n, dtype=torch.uint8),
-            torch.zeros(n, dtype=torch.uint8), torch.zeros(nb), torch.zeros(nb), code1, code2,
-            0.9, 0.999, 1e-8, 1, 1e-3, 0.0, 1.0]
+    return ["adamw", torch.randn(n, dtype=dtype), torch.randn(n, dtype=dtype),
+            torch.zeros(n, dtype=torch.uint8), torch.zeros(n, dtype=torch.uint8), torch.zeros(nb),
+            torch.zeros(nb), code1, code2, 0.9, 0.999, 1e-8, 1, 1e-3, 0.0, 1.0]
 
 
 @pytest.mark.parametrize("index,value,exc,match", [
@@ -156,8 +156,10 @@ def _rel_dist(a, b):
     return (num / sum(x.norm() ** 2 for x in a.parameters()) ** 0.5).item()
 
 
-@pytest.mark.parametrize("cls,torch_cls", [(O.AdamW8bit, torch.optim.AdamW), (O.PagedAdamW8bit, torch.optim.AdamW),
-                                           (O.Adam8bit, torch.optim.Adam), (O.PagedAdamW, torch.optim.AdamW)])
+@pytest.mark.parametrize("cls,torch_cls", [(KO.AdamW8bit, torch.optim.AdamW),
+                                           (KO.PagedAdamW8bit, torch.optim.AdamW),
+                                           (KO.Adam8bit, torch.optim.Adam),
+                                           (KO.PagedAdamW, torch.optim.AdamW)])
 def test_optimizer_tracks_torch(cls, torch_cls):
     model, X, Y = _problem()
     start = copy.deepcopy(model)
@@ -168,19 +170,19 @@ def test_optimizer_tracks_torch(cls, torch_cls):
     # 8-bit states: the loss curve stays within 0.5% of the initial loss of torch's, and the weights
     # within 8% of the distance training moved them (measured 0.13-0.22% and 3.6-5.9%; exp_avg_sq on
     # the signed map instead of the unsigned one gives 9.5%). 32-bit states: float32 rounding only.
-    eight = cls is not O.PagedAdamW
+    eight = cls is not KO.PagedAdamW
     assert np.max(np.abs(np.array(losses) - ref_losses)) <= (5e-3 if eight else 1e-6) * ref_losses[0]
     assert _rel_dist(model, twin) <= (0.08 if eight else 1e-5) * _rel_dist(model, start)
 
 
 def test_8bit_states_are_8bit_and_small_tensors_stay_32bit():
     model, X, Y = _problem()
-    opt = O.AdamW8bit(model.parameters(), min_8bit_size=4096)
+    opt = KO.AdamW8bit(model.parameters(), min_8bit_size=4096)
     _train(model, X, Y, opt, 1)
     w, b = model[0].weight, model[0].bias  # 16384 and 256 elements
     assert opt.state[w]["state1"].dtype == torch.uint8 and opt.state[w]["absmax1"].numel() == 64
     assert opt.state[b]["state1"].dtype == torch.float32 and "absmax1" not in opt.state[b]
-    opt2 = O.AdamW8bit(model.parameters(), min_8bit_size=100)
+    opt2 = KO.AdamW8bit(model.parameters(), min_8bit_size=100)
     _train(model, X, Y, opt2, 1)
     assert opt2.state[b]["state1"].dtype == torch.uint8
 
@@ -192,7 +194,7 @@ def test_stable_embedding_keeps_32bit_state():
     # Layer-normed output: zero mean per position (the fresh LayerNorm has no bias yet).
     torch.testing.assert_close(emb(torch.tensor([[1, 2]])).mean(-1), torch.zeros(1, 2), atol=1e-5, rtol=0)
     head = torch.nn.Linear(64, 64)
-    opt = O.AdamW8bit(list(emb.parameters()) + list(head.parameters()))
+    opt = KO.AdamW8bit(list(emb.parameters()) + list(head.parameters()))
     out = head(emb(torch.randint(0, 1000, (8, 16))))
     assert out.shape == (8, 16, 64)
     out.square().mean().backward()
@@ -203,7 +205,7 @@ def test_stable_embedding_keeps_32bit_state():
 
 def test_param_groups_scheduler_and_zero_grad():
     model, X, Y = _problem()
-    opt = O.AdamW8bit([{"params": model[0].parameters(), "lr": 0.0},
+    opt = KO.AdamW8bit([{"params": model[0].parameters(), "lr": 0.0},
                        {"params": model[2].parameters(), "lr": 1e-2, "weight_decay": 0.0}])
     frozen = [p.detach().clone() for p in model[0].parameters()]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
@@ -215,7 +217,7 @@ def test_param_groups_scheduler_and_zero_grad():
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize("cls", [O.AdamW8bit, O.PagedAdamW, O.Adam8bit])
+@pytest.mark.parametrize("cls", [KO.AdamW8bit, KO.PagedAdamW, KO.Adam8bit])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_state_dict_round_trip_continues_identically(cls, dtype):
     model, X, Y = _problem()
@@ -249,30 +251,30 @@ def test_state_dict_round_trip_continues_identically(cls, dtype):
 
 def test_load_state_dict_rejects_mismatched_state():
     model, X, Y = _problem()
-    opt = O.AdamW8bit(model.parameters())
+    opt = KO.AdamW8bit(model.parameters())
     _train(model, X, Y, opt, 1)
     sd = opt.state_dict()
     sd["state"][0]["absmax1"] = torch.zeros(3)
     with pytest.raises(ValueError, match="absmax1"):
-        O.AdamW8bit(model.parameters()).load_state_dict(sd)
+        KO.AdamW8bit(model.parameters()).load_state_dict(sd)
 
 
 def test_constructor_rejects_bad_hyperparameters():
     p = [torch.nn.Parameter(torch.randn(4))]
     with pytest.raises(ValueError, match="learning rate"):
-        O.AdamW8bit(p, lr=-1)
+        KO.AdamW8bit(p, lr=-1)
     with pytest.raises(ValueError, match="betas"):
-        O.AdamW8bit(p, betas=(0.9, 1.0))
+        KO.AdamW8bit(p, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="weight_decay"):
-        O.PagedAdamW(p, weight_decay=-0.1)
+        KO.PagedAdamW(p, weight_decay=-0.1)
 
 
 def test_paged_on_cpu_is_plain():
     model, X, Y = _problem()
     twin = copy.deepcopy(model)
-    opt_a, opt_b = O.PagedAdamW8bit(model.parameters()), O.AdamW8bit(twin.parameters())
+    opt_a, opt_b = KO.PagedAdamW8bit(model.parameters()), KO.AdamW8bit(twin.parameters())
     assert _train(model, X, Y, opt_a, 3) == _train(twin, X, Y, opt_b, 3)
-    assert not any(O.is_paged(s["state1"]) for s in opt_a.state.values())
+    assert not any(KO.is_paged(s["state1"]) for s in opt_a.state.values())
 
 
 def test_non_contiguous_parameter():
@@ -281,7 +283,7 @@ def test_non_contiguous_parameter():
     q = torch.nn.Parameter(base.t().contiguous())
     for t in (p, q):
         t.grad = torch.ones_like(t)
-    oa, ob = O.AdamW8bit([p]), O.AdamW8bit([q])
+    oa, ob = KO.AdamW8bit([p]), KO.AdamW8bit([q])
     oa.step()
     ob.step()
     assert torch.equal(p.detach(), q.detach())
@@ -304,13 +306,13 @@ def test_hf_trainer_with_kbit_optimizer(tmp_path):
         model = LlamaForCausalLM(cfg)
         kwargs = {}
         if how == "cls_and_kwargs":
-            kwargs["optimizer_cls_and_kwargs"] = (O.PagedAdamW8bit, {"lr": 1e-3, "weight_decay": 0.0})
+            kwargs["optimizer_cls_and_kwargs"] = (KO.PagedAdamW8bit, {"lr": 1e-3, "weight_decay": 0.0})
         else:
-            opt = O.AdamW8bit(model.parameters(), lr=1e-3)
+            opt = KO.AdamW8bit(model.parameters(), lr=1e-3)
             kwargs["optimizers"] = (opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
         trainer = Trainer(model=model, args=args, train_dataset=data, **kwargs)
         out = trainer.train()
         assert isinstance(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
-                          else trainer.optimizer, O.adam._Adam)
+                          else trainer.optimizer, KO.adam._Adam)
         assert np.isfinite(out.training_loss)
     del transformers

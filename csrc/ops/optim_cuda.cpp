@@ -1,6 +1,6 @@
 // CUDA registrations of the fused Adam / AdamW update ops; kernels in csrc/cuda/optim_adam.cu.
 // Paged (managed-memory) states are ordinary device pointers here: prefetching is paged_cuda.cpp's.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -25,7 +25,7 @@ void optimizer_update_8bit_blockwise_cuda(c10::string_view name, const at::Tenso
   if (p.numel() == 0) return;
   c10::cuda::CUDAGuard guard(p.device());
   auto c1 = code1.contiguous(), c2 = code2.contiguous();
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   optim::dispatch_param(p.scalar_type(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     check_launch(cuda::adam_update_8bit_blockwise<T>(
@@ -43,7 +43,7 @@ void optimizer_update_32bit_cuda(c10::string_view name, const at::Tensor& p, con
   auto gc = optim::check_32bit(p, g, state1, state2);
   if (p.numel() == 0) return;
   c10::cuda::CUDAGuard guard(p.device());
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   optim::dispatch_param(p.scalar_type(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     check_launch(cuda::adam_update_32bit<T>(static_cast<T*>(p.data_ptr()), static_cast<const T*>(gc.data_ptr()),

@@ -1,6 +1,6 @@
 // Paged optimizer states on CUDA: tensors backed by managed memory (freed by their deleter) and
 // their prefetch. Registered for CUDA only; on CPU the paged optimizers use ordinary tensors.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -40,7 +40,7 @@ void paged_prefetch_cuda(const at::Tensor& t, bool to_cpu) {
                     "kbit: paged_prefetch needs a tensor in managed memory (from kbit.optim paged_zeros)");
   c10::cuda::CUDAGuard guard(t.device());
   const cudaError_t err = cuda::managed_prefetch(t.data_ptr(), t.nbytes(), to_cpu ? -1 : t.device().index(),
-                                                 at::cuda::getCurrentCUDAStream());
+                                                 c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "kbit: prefetching a paged tensor failed: ", cudaGetErrorString(err));
 }
 

@@ -107,11 +107,12 @@ class _Adam(torch.optim.Optimizer):
     # ---- checkpoints ---------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict) -> None:
         # torch's loader casts floating state to the parameter's dtype, which would turn uint8 codes
-        # and float32 states of a bf16 parameter into bf16. Let it restore the groups, then put back
-        # every state tensor in its saved dtype (copied: the caller's dict may hold live tensors).
+        # and float32 states of a bf16 parameter into bf16. It restores the groups (hyperparameters,
+        # schedulers' lr) from a state-free copy; the states are put back here in their saved dtypes,
+        # copied (the caller's dict may hold another optimizer's live tensors), paged where wanted.
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
-        super().load_state_dict(state_dict)
+        super().load_state_dict({**state_dict, "state": {}})
         ids = chain.from_iterable(g["params"] for g in saved_groups)
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for pid, p in zip(ids, params):
