@@ -86,20 +86,31 @@ KBIT_HD void adam_element(float& p, float g, float& m, float& v, const AdamConfi
   p = add_rn(p, mul_rn(-c.step_size, m) / denom);
 }
 
-// Index of the nearest value of a sorted 256-value code, given its 255 midpoints
-// mid[k] = (code[k] + code[k+1]) / 2: the count of midpoints below x (ties go to the lower value,
-// NaN to 0). A branch-free binary search: 8 reads, the same sequence on every thread.
-KBIT_HD int nearest_by_midpoints(const float* mid, float x) {
-  int idx = 0;
+// Nearest-value rounding to a sorted 256-value code searches its 255 midpoints
+// mid[k] = (code[k] + code[k+1]) / 2: the index is the count of midpoints below x (ties go to the
+// lower value, NaN to 0). The midpoints are stored as a perfect binary search tree in breadth-first
+// (Eytzinger) order, tree[1] the root and node i's children 2i and 2i+1 (tree[0] unused), so that the
+// nodes a warp reads at one level are contiguous: on the GPU, lanes taking different paths then hit
+// different shared-memory banks, where a sorted array would put a level's nodes in one bank.
+
+// The midpoint index held by tree node i (1..255): node k of depth d sits at (2k+1) * 2^(7-d) - 1.
+KBIT_HD int tree_node_midpoint(int i) {
+  int d = 0;
+  while ((2 << d) <= i) ++d;
+  return ((2 * (i - (1 << d)) + 1) << (7 - d)) - 1;
+}
+
+KBIT_HD int nearest_in_tree(const float* tree, float x) {
+  int i = 1;
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
-  for (int s = 128; s >= 1; s >>= 1) idx += (x > mid[idx + s - 1]) ? s : 0;
-  return idx;
+  for (int level = 0; level < 8; ++level) i = 2 * i + (x > tree[i] ? 1 : 0);
+  return i - 256;
 }
 
-// The 255 midpoints of a sorted 256-value code (mid[255] is set to +inf and never read).
-void code_midpoints(const float* code, float* mid);
+// Fills tree[0..255] for a sorted 256-value code (tree[0] is set to 0 and never read).
+void code_search_tree(const float* code, float* tree);
 
 // 32-bit states: exp_avg m and exp_avg_sq v as float32, n elements each. T: float, half, bfloat16.
 template <typename T>

@@ -77,20 +77,24 @@ __device__ __forceinline__ float warp_max(float x) {
 }
 
 // kVec: every pointer is aligned for the vector loads; the last, partial block is always scalar.
+// At most 64 registers, so that 4 CTAs (32 warps) fit on an SM to keep enough loads in flight.
 template <typename T, bool kVec>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
 adam_8bit_blockwise_kernel(T* __restrict__ p, const T* __restrict__ g, uint8_t* __restrict__ state1,
                            uint8_t* __restrict__ state2, float* __restrict__ absmax1,
                            float* __restrict__ absmax2, const float* __restrict__ code1,
                            const float* __restrict__ code2, int64_t n, core::AdamConfig c) {
-  __shared__ float s_code1[256], s_code2[256], s_mid1[256], s_mid2[256];
+  __shared__ float s_code1[256], s_code2[256], s_tree1[256], s_tree2[256];
   const int t = threadIdx.x;
   s_code1[t] = code1[t];
   s_code2[t] = code2[t];
   __syncthreads();
-  // Same expression as core::code_midpoints, so boundaries match the CPU reference bit for bit.
-  s_mid1[t] = t < 255 ? core::mul_rn(0.5f, core::add_rn(s_code1[t], s_code1[t + 1])) : INFINITY;
-  s_mid2[t] = t < 255 ? core::mul_rn(0.5f, core::add_rn(s_code2[t], s_code2[t + 1])) : INFINITY;
+  // Same expression as core::code_search_tree, so boundaries match the CPU reference bit for bit.
+  if (t > 0) {
+    const int k = core::tree_node_midpoint(t);
+    s_tree1[t] = core::mul_rn(0.5f, core::add_rn(s_code1[k], s_code1[k + 1]));
+    s_tree2[t] = core::mul_rn(0.5f, core::add_rn(s_code2[k], s_code2[k + 1]));
+  }
   __syncthreads();
 
   const int lane = t & 31;
@@ -136,8 +140,8 @@ adam_8bit_blockwise_kernel(T* __restrict__ p, const T* __restrict__ g, uint8_t* 
     const float inv2 = mx2 > 0.0f ? 1.0f / mx2 : 0.0f;
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
-      q1[j] = uint8_t(core::nearest_by_midpoints(s_mid1, core::mul_rn(m[j], inv1)));
-      q2[j] = uint8_t(core::nearest_by_midpoints(s_mid2, core::mul_rn(v[j], inv2)));
+      q1[j] = uint8_t(core::nearest_in_tree(s_tree1, core::mul_rn(m[j], inv1)));
+      q2[j] = uint8_t(core::nearest_in_tree(s_tree2, core::mul_rn(v[j], inv2)));
     }
     if (lane == 0) {
       absmax1[b] = mx1;

@@ -164,16 +164,26 @@ TEST(OptimAdam, Update8bitBlockwiseHalfAndBfloat16) {
   check_8bit_step<bfloat16>(1000, true);
 }
 
-TEST(OptimAdam, NearestByMidpointsIsNearest) {
+TEST(OptimAdam, SearchTreeHoldsEachMidpointOnce) {
+  std::vector<int> seen(255, 0);
+  for (int i = 1; i < 256; ++i) seen[tree_node_midpoint(i)]++;
+  for (int k = 0; k < 255; ++k) EXPECT_EQ(seen[k], 1) << k;
+  EXPECT_EQ(tree_node_midpoint(1), 127);
+  EXPECT_EQ(tree_node_midpoint(2), 63);
+  EXPECT_EQ(tree_node_midpoint(3), 191);
+  EXPECT_EQ(tree_node_midpoint(255), 254);
+}
+
+TEST(OptimAdam, NearestInTreeIsNearest) {
   const auto code = dynamic_map(true);
-  float mid[256];
-  code_midpoints(code.data(), mid);
+  float tree[256];
+  code_search_tree(code.data(), tree);
   std::mt19937 rng(3);
   std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
-  for (int k = 0; k < 256; ++k) EXPECT_EQ(nearest_by_midpoints(mid, code[k]), k);
+  for (int k = 0; k < 256; ++k) EXPECT_EQ(nearest_in_tree(tree, code[k]), k);
   for (int i = 0; i < 20000; ++i) {
     const float x = i % 2 ? ud(rng) : ud(rng) * 1e-4f;
-    const int got = nearest_by_midpoints(mid, x);
+    const int got = nearest_in_tree(tree, x);
     EXPECT_LE(std::fabs(code[got] - x), std::fabs(code[nearest_linear(code, x)] - x)) << x;
   }
 }
