@@ -58,7 +58,9 @@ def contenders(lr=1e-4):
     out = [("torch AdamW(fused=True)", lambda ps: torch.optim.AdamW(ps, lr=lr, fused=True)),
            ("kbit AdamW8bit", lambda ps: KO.AdamW8bit(ps, lr=lr)),
            ("kbit PagedAdamW8bit", lambda ps: KO.PagedAdamW8bit(ps, lr=lr)),
-           ("kbit PagedAdamW (32-bit)", lambda ps: KO.PagedAdamW(ps, lr=lr))]
+           ("kbit PagedAdamW8bit(prefetch=False)", lambda ps: KO.PagedAdamW8bit(ps, lr=lr, prefetch=False)),
+           ("kbit PagedAdamW (32-bit)", lambda ps: KO.PagedAdamW(ps, lr=lr)),
+           ("kbit PagedAdamW (32-bit, prefetch=False)", lambda ps: KO.PagedAdamW(ps, lr=lr, prefetch=False))]
     try:
         import bitsandbytes as bnb
 
@@ -78,6 +80,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--skip", default="", help="comma-separated substrings of contender names to leave out")
     args = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
@@ -96,7 +99,10 @@ def main():
         print("| optimizer | param dtype | step ms (median) | state GB | state bytes/param "
               "| evicted-step ms |")
         print("| --- | --- | --- | --- | --- | --- |")
+        skip = [k for k in args.skip.split(",") if k]
         for name, make in contenders():
+            if any(k in name for k in skip):
+                continue
             opt = make(params)
             try:
                 t = time_steps(opt, args.steps, args.warmup, sync)

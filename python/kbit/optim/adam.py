@@ -28,7 +28,7 @@ class _Adam(torch.optim.Optimizer):
     """Adam(W) with `optim_bits` (8 or 32) states, optionally paged. Use the public subclasses."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, decoupled: bool,
-                 optim_bits: int = 8, paged: bool = False, min_8bit_size: int = 4096):
+                 optim_bits: int = 8, paged: bool = False, min_8bit_size: int = 4096, prefetch: bool = True):
         if not lr >= 0.0:
             raise ValueError(f"kbit: invalid learning rate {lr}")
         if not eps >= 0.0:
@@ -47,6 +47,7 @@ class _Adam(torch.optim.Optimizer):
         self.optim_bits = optim_bits
         self.paged = paged
         self.min_8bit_size = min_8bit_size
+        self.prefetch = prefetch
 
     # ---- state ---------------------------------------------------------------------------------
     def _uses_8bit(self, p: torch.Tensor) -> bool:
@@ -77,8 +78,8 @@ class _Adam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         name = "adamw" if self.decoupled else "adam"
+        work = []
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -87,22 +88,29 @@ class _Adam(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state.update(self._init_state(p))
-                state["step"] += 1
-                # The op updates p in place and needs it contiguous; other layouts go through a copy.
-                target = p if p.is_contiguous() else p.contiguous()
-                s1, s2 = state["state1"], state["state2"]
-                _paged.prefetch(s1)
-                _paged.prefetch(s2)
-                args = (beta1, beta2, group["eps"], state["step"], group["lr"], group["weight_decay"], 1.0)
-                if s1.dtype == torch.uint8:
-                    code1, code2 = state_codes(p.device)
-                    _ops.optimizer_update_8bit_blockwise(name, target, p.grad, s1, s2, state["absmax1"],
-                                                         state["absmax2"], code1, code2, *args)
-                else:
-                    _ops.optimizer_update_32bit(name, target, p.grad, s1, s2, *args)
-                if target is not p:
-                    p.copy_(target)
+                work.append((group, p, state))
+        prefetcher = _paged.Prefetcher([[s["state1"], s["state2"]] if self.prefetch else []
+                                        for _, _, s in work])
+        for i, (group, p, state) in enumerate(work):
+            prefetcher.wait(i)
+            self._update(name, group, p, state)
         return loss
+
+    def _update(self, name: str, group: dict, p: torch.Tensor, state: dict) -> None:
+        state["step"] += 1
+        beta1, beta2 = group["betas"]
+        # The op updates p in place and needs it contiguous; other layouts go through a copy.
+        target = p if p.is_contiguous() else p.contiguous()
+        s1, s2 = state["state1"], state["state2"]
+        args = (beta1, beta2, group["eps"], state["step"], group["lr"], group["weight_decay"], 1.0)
+        if s1.dtype == torch.uint8:
+            code1, code2 = state_codes(p.device)
+            _ops.optimizer_update_8bit_blockwise(name, target, p.grad, s1, s2, state["absmax1"],
+                                                 state["absmax2"], code1, code2, *args)
+        else:
+            _ops.optimizer_update_32bit(name, target, p.grad, s1, s2, *args)
+        if target is not p:
+            p.copy_(target)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict) -> None:
@@ -163,15 +171,21 @@ class AdamW8bit(_Adam):
 
 
 class PagedAdamW8bit(_Adam):
-    """AdamW8bit whose states live in CUDA managed memory (see kbit.optim.paged); on CPU, AdamW8bit."""
+    """AdamW8bit whose states live in CUDA managed memory (see kbit.optim.paged); on CPU, AdamW8bit.
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, min_8bit_size=4096):
+    prefetch=False skips the bulk prefetch before each update, leaving evicted pages to come back
+    through page faults (slower when evicted; saves the prefetch's page walk when they never are)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, min_8bit_size=4096,
+                 prefetch=True):
         super().__init__(params, lr, betas, eps, weight_decay, decoupled=True, optim_bits=8, paged=True,
-                         min_8bit_size=min_8bit_size)
+                         min_8bit_size=min_8bit_size, prefetch=prefetch)
 
 
 class PagedAdamW(_Adam):
-    """torch.optim.AdamW with float32 states in CUDA managed memory; on CPU, a fused AdamW."""
+    """torch.optim.AdamW with float32 states in CUDA managed memory; on CPU, a fused AdamW.
+    prefetch: as for PagedAdamW8bit."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(params, lr, betas, eps, weight_decay, decoupled=True, optim_bits=32, paged=True)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, prefetch=True):
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled=True, optim_bits=32, paged=True,
+                         prefetch=prefetch)

@@ -39,3 +39,44 @@ def prefetch(t: torch.Tensor, to_cpu: bool = False) -> None:
     """Queues the move of a paged tensor to its GPU (or to host memory); ordinary tensors are left alone."""
     if is_paged(t):
         _ops.paged_prefetch(t, to_cpu)
+
+
+_side_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+class Prefetcher:
+    """Prefetches the paged states of update i + 1 on a side stream while update i runs.
+
+    A prefetch walks every page of its range even when the pages are already on the GPU (about
+    2.5 ms per GB on an H100), so it runs beside the update kernels instead of before them; the
+    update of item i waits (on the GPU) only for its own states' prefetch."""
+
+    def __init__(self, tensors_per_item: list[list[torch.Tensor]]):
+        self.items = [[t for t in ts if is_paged(t)] for ts in tensors_per_item]
+        self.events: dict[int, torch.cuda.Event] = {}
+        self.active = any(self.items)
+
+    def _issue(self, i: int) -> None:
+        if i >= len(self.items) or not self.items[i]:
+            return
+        dev = self.items[i][0].device
+        if dev not in _side_streams:
+            _side_streams[dev] = torch.cuda.Stream(dev)
+        stream = _side_streams[dev]
+        with torch.cuda.stream(stream):
+            for t in self.items[i]:
+                _ops.paged_prefetch(t, False)
+        ev = torch.cuda.Event()
+        ev.record(stream)
+        self.events[i] = ev
+
+    def wait(self, i: int) -> None:
+        """Call right before update i: queues the next prefetch and orders update i after its own."""
+        if not self.active:
+            return
+        if i == 0:
+            self._issue(0)
+        self._issue(i + 1)
+        ev = self.events.pop(i, None)
+        if ev is not None:
+            torch.cuda.current_stream(self.items[i][0].device).wait_event(ev)
