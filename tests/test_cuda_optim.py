@@ -3,6 +3,8 @@ paged (managed-memory) states and their allocation guard."""
 
 import copy
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -147,11 +149,26 @@ def test_paged_allocation_refuses_more_than_free():
     free, _ = torch.cuda.mem_get_info()
     like = torch.empty(1, device="cuda")
     with pytest.raises(RuntimeError, match="does not fit"):
-        _ops.paged_zeros(like, [free // 4 + (1 << 28)], torch.float32)
+        paged.zeros(like, (free // 4 + (1 << 28),), torch.float32, paged=True)
     t = _ops.paged_zeros(like, [1000, 3], torch.float32)
     assert t.shape == (1000, 3) and t.device.type == "cuda" and bool((t == 0).all())
     with pytest.raises(ValueError, match="managed memory"):
         _ops.paged_prefetch(torch.zeros(10, device="cuda"))
+
+
+def test_paged_op_refuses_more_than_free_in_a_subprocess():
+    # The op's own refusal, run in a child process: on an H100 (torch 2.11 cu130) this call once
+    # ended in a segmentation fault, which here fails one test instead of ending the whole run.
+    code = ("import torch, kbit.optim._ops as o\n"
+            "free, _ = torch.cuda.mem_get_info()\n"
+            "like = torch.empty(1, device='cuda')\n"
+            "try:\n"
+            "    o.paged_zeros(like, [free // 4 + (1 << 28)], torch.float32)\n"
+            "except RuntimeError as e:\n"
+            "    assert 'does not fit' in str(e), e\n"
+            "    print('refused')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "refused" in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
 
 
 @pytest.mark.parametrize("cls", [KO.AdamW8bit, KO.PagedAdamW8bit, KO.PagedAdamW])

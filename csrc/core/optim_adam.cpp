@@ -6,10 +6,12 @@
 
 namespace kbit::core {
 
-void code_search_tables(const float* code, float* mid, uint16_t* buckets) {
-  for (int k = 0; k < 255; ++k) mid[k] = mul_rn(0.5f, add_rn(code[k], code[k + 1]));
-  mid[255] = 0.0f;
-  for (int b = 0; b < kBuckets; ++b) buckets[b] = bucket_entry(mid, b);
+void code_search_tree(const float* code, float* tree) {
+  tree[0] = 0.0f;
+  for (int i = 1; i < 256; ++i) {
+    const int k = tree_node_midpoint(i);
+    tree[i] = mul_rn(0.5f, add_rn(code[k], code[k + 1]));
+  }
 }
 
 template <typename T>
@@ -27,10 +29,9 @@ template <typename T>
 void adam_update_8bit_blockwise(T* p, const T* g, uint8_t* state1, uint8_t* state2, float* absmax1,
                                 float* absmax2, const float* code1, const float* code2, int64_t n,
                                 const AdamConfig& c) {
-  float mid1[256], mid2[256];
-  uint16_t buckets1[kBuckets], buckets2[kBuckets];
-  code_search_tables(code1, mid1, buckets1);
-  code_search_tables(code2, mid2, buckets2);
+  float tree1[256], tree2[256];
+  code_search_tree(code1, tree1);
+  code_search_tree(code2, tree2);
   const int64_t blocks = (n + kOptimBlocksize - 1) / kOptimBlocksize;
   parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
     float m[kOptimBlocksize], v[kOptimBlocksize];
@@ -53,8 +54,8 @@ void adam_update_8bit_blockwise(T* p, const T* g, uint8_t* state1, uint8_t* stat
       const float inv1 = new_a1 > 0.0f ? 1.0f / new_a1 : 0.0f;
       const float inv2 = new_a2 > 0.0f ? 1.0f / new_a2 : 0.0f;
       for (int64_t j = 0; j < len; ++j) {
-        state1[start + j] = uint8_t(nearest_code(mid1, buckets1, m[j] * inv1));
-        state2[start + j] = uint8_t(nearest_code(mid2, buckets2, v[j] * inv2));
+        state1[start + j] = uint8_t(nearest_in_tree(tree1, m[j] * inv1));
+        state2[start + j] = uint8_t(nearest_in_tree(tree2, v[j] * inv2));
       }
       absmax1[b] = new_a1;
       absmax2[b] = new_a2;

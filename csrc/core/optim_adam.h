@@ -86,88 +86,31 @@ KBIT_HD void adam_element(float& p, float g, float& m, float& v, const AdamConfi
   p = add_rn(p, mul_rn(-c.step_size, m) / denom);
 }
 
-// Nearest-value rounding to a sorted 256-value code: the index is the count of its 255 midpoints
-// mid[k] = (code[k] + code[k+1]) / 2 that lie below x (ties go to the lower value).
-//
-// A binary search costs 8 dependent shared-memory reads per value on the GPU, where lanes going
-// different ways collide in memory banks. Instead x's float bits pick a bucket (sign, exponent,
-// top kBucketBits mantissa bits): the values of a bucket form one interval, so every midpoint
-// below the bucket's lowest value counts (`lo` of them) and only the few midpoints inside it (`cnt`,
-// 0 to 3 for the dynamic maps) need comparing. |x| < 2^-25 shares one bucket per sign, as does
-// |x| >= 1 (with inf and NaN). The table (lo | cnt << 8 per bucket) is built from the code per call.
-constexpr int kBucketBits = 5;
-constexpr int kBucketExpMin = 102;                       // float exponent field of 2^-25
-constexpr int kBucketRows = 26;                          // exponent rows 102..126, then |x| >= 1
-constexpr int kBuckets = 2 * kBucketRows << kBucketBits;  // 1664
+// Nearest-value rounding to a sorted 256-value code searches its 255 midpoints
+// mid[k] = (code[k] + code[k+1]) / 2: the index is the count of midpoints below x (ties go to the
+// lower value, NaN to 0). The midpoints are stored as a perfect binary search tree in breadth-first
+// (Eytzinger) order, tree[1] the root and node i's children 2i and 2i+1 (tree[0] unused), so that the
+// nodes a warp reads at one level are contiguous: on the GPU, lanes taking different paths then hit
+// different shared-memory banks, where a sorted array would put a level's nodes in one bank.
 
-KBIT_HD uint32_t float_bits(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
-#else
-  return float_to_bits(x);
-#endif
+// The midpoint index held by tree node i (1..255): node k of depth d sits at (2k+1) * 2^(7-d) - 1.
+KBIT_HD int tree_node_midpoint(int i) {
+  int d = 0;
+  while ((2 << d) <= i) ++d;
+  return ((2 * (i - (1 << d)) + 1) << (7 - d)) - 1;
 }
 
-KBIT_HD float float_from_bits(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  return bits_to_float(u);
-#endif
-}
-
-KBIT_HD int bucket_of(float x) {
-  const uint32_t u = float_bits(x);
-  int row = int((u >> 23) & 0xffu) - kBucketExpMin;
-  int m = int((u >> (23 - kBucketBits)) & ((1u << kBucketBits) - 1u));
-  if (row < 0) row = m = 0;
-  if (row >= kBucketRows - 1) {
-    row = kBucketRows - 1;
-    m = 0;
-  }
-  return ((int(u >> 31) * kBucketRows + row) << kBucketBits) | m;
-}
-
-// Count of sorted midpoints below x, by binary search (to build the table; the CPU reference).
-KBIT_HD int count_below(const float* mid, float x) {
-  int idx = 0;
+KBIT_HD int nearest_in_tree(const float* tree, float x) {
+  int i = 1;
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
-  for (int s = 128; s >= 1; s >>= 1) idx += (idx + s - 1 < 255 && x > mid[idx + s - 1]) ? s : 0;
-  return idx;
+  for (int level = 0; level < 8; ++level) i = 2 * i + (x > tree[i] ? 1 : 0);
+  return i - 256;
 }
 
-// The table entry of bucket b given the 255 sorted midpoints.
-KBIT_HD uint16_t bucket_entry(const float* mid, int b) {
-  const int sign = b / (kBucketRows << kBucketBits);
-  const int row = (b >> kBucketBits) % kBucketRows;
-  const uint32_t m = uint32_t(b & ((1 << kBucketBits) - 1));
-  float lo_mag, hi_mag;
-  if (row == kBucketRows - 1) {
-    lo_mag = 1.0f;
-    hi_mag = float_from_bits(0x7f800000u);  // inf
-  } else {
-    const uint32_t base = (uint32_t(row + kBucketExpMin) << 23) | (m << (23 - kBucketBits));
-    lo_mag = row == 0 && m == 0 ? 0.0f : float_from_bits(base);
-    hi_mag = float_from_bits(base | ((1u << (23 - kBucketBits)) - 1u));
-  }
-  const float xmin = sign ? -hi_mag : lo_mag, xmax = sign ? -lo_mag : hi_mag;
-  const int lo = count_below(mid, xmin), hi = count_below(mid, xmax);
-  return uint16_t(lo | ((hi - lo) << 8));
-}
-
-// Index of the nearest code value: count of midpoints below x via its bucket.
-KBIT_HD int nearest_code(const float* mid, const uint16_t* buckets, float x) {
-  const uint32_t e = buckets[bucket_of(x)];
-  int idx = int(e & 0xffu);
-  const int end = idx + int(e >> 8);
-  for (int k = idx; k < end; ++k) idx += x > mid[k] ? 1 : 0;
-  return idx;
-}
-
-// Fills mid[0..254] (mid[255] = 0, never read) and buckets[0..kBuckets) for a sorted code.
-void code_search_tables(const float* code, float* mid, uint16_t* buckets);
+// Fills tree[0..255] for a sorted 256-value code (tree[0] is set to 0 and never read).
+void code_search_tree(const float* code, float* tree);
 
 // 32-bit states: exp_avg m and exp_avg_sq v as float32, n elements each. T: float, half, bfloat16.
 template <typename T>

@@ -84,19 +84,16 @@ adam_8bit_blockwise_kernel(T* __restrict__ p, const T* __restrict__ g, uint8_t* 
                            uint8_t* __restrict__ state2, float* __restrict__ absmax1,
                            float* __restrict__ absmax2, const float* __restrict__ code1,
                            const float* __restrict__ code2, int64_t n, core::AdamConfig c) {
-  __shared__ float s_code1[256], s_code2[256], s_mid1[256], s_mid2[256];
-  __shared__ uint16_t s_buckets1[core::kBuckets], s_buckets2[core::kBuckets];
+  __shared__ float s_code1[256], s_code2[256], s_tree1[256], s_tree2[256];
   const int t = threadIdx.x;
   s_code1[t] = code1[t];
   s_code2[t] = code2[t];
   __syncthreads();
-  // Same expressions as core::code_search_tables, so rounding matches the CPU reference bit for bit.
-  s_mid1[t] = t < 255 ? core::mul_rn(0.5f, core::add_rn(s_code1[t], s_code1[t + 1])) : 0.0f;
-  s_mid2[t] = t < 255 ? core::mul_rn(0.5f, core::add_rn(s_code2[t], s_code2[t + 1])) : 0.0f;
-  __syncthreads();
-  for (int b = t; b < core::kBuckets; b += kThreads) {
-    s_buckets1[b] = core::bucket_entry(s_mid1, b);
-    s_buckets2[b] = core::bucket_entry(s_mid2, b);
+  // Same expression as core::code_search_tree, so boundaries match the CPU reference bit for bit.
+  if (t > 0) {
+    const int k = core::tree_node_midpoint(t);
+    s_tree1[t] = core::mul_rn(0.5f, core::add_rn(s_code1[k], s_code1[k + 1]));
+    s_tree2[t] = core::mul_rn(0.5f, core::add_rn(s_code2[k], s_code2[k + 1]));
   }
   __syncthreads();
 
@@ -143,8 +140,8 @@ adam_8bit_blockwise_kernel(T* __restrict__ p, const T* __restrict__ g, uint8_t* 
     const float inv2 = mx2 > 0.0f ? 1.0f / mx2 : 0.0f;
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
-      q1[j] = uint8_t(core::nearest_code(s_mid1, s_buckets1, core::mul_rn(m[j], inv1)));
-      q2[j] = uint8_t(core::nearest_code(s_mid2, s_buckets2, core::mul_rn(v[j], inv2)));
+      q1[j] = uint8_t(core::nearest_in_tree(s_tree1, core::mul_rn(m[j], inv1)));
+      q2[j] = uint8_t(core::nearest_in_tree(s_tree2, core::mul_rn(v[j], inv2)));
     }
     if (lane == 0) {
       absmax1[b] = mx1;

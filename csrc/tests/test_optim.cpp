@@ -164,32 +164,27 @@ TEST(OptimAdam, Update8bitBlockwiseHalfAndBfloat16) {
   check_8bit_step<bfloat16>(1000, true);
 }
 
-TEST(OptimAdam, BucketSearchIsNearest) {
-  for (bool is_signed : {true, false}) {
-    const auto code = dynamic_map(is_signed);
-    float mid[256];
-    std::vector<uint16_t> buckets(kBuckets);
-    code_search_tables(code.data(), mid, buckets.data());
-    int max_cnt = 0;
-    for (auto e : buckets) max_cnt = std::max(max_cnt, int(e >> 8));
-    EXPECT_LE(max_cnt, 3);  // the point of the buckets: few comparisons
-    for (int k = 0; k < 256; ++k) EXPECT_EQ(nearest_code(mid, buckets.data(), code[k]), k);
-    for (int k = 0; k < 255; ++k) {
-      EXPECT_EQ(nearest_code(mid, buckets.data(), mid[k]), k);  // a tie goes to the lower value
-      EXPECT_EQ(nearest_code(mid, buckets.data(), std::nextafter(mid[k], 2.0f)), k + 1);
-    }
-    std::mt19937 rng(3);
-    std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
-    for (int i = 0; i < 50000; ++i) {
-      const float scale = std::pow(10.0f, -float(i % 9));
-      const float x = ud(rng) * scale;
-      const int got = nearest_code(mid, buckets.data(), x);
-      ASSERT_EQ(got, count_below(mid, x)) << x;
-      ASSERT_LE(std::fabs(code[got] - x), std::fabs(code[nearest_linear(code, x)] - x)) << x;
-    }
-    for (float x : {0.0f, -0.0f, 1e-30f, -1e-30f, 1.0f, -1.0f, 1.5f, -1.5f, 1e30f, -1e30f}) {
-      EXPECT_EQ(nearest_code(mid, buckets.data(), x), count_below(mid, x)) << x;
-    }
+TEST(OptimAdam, SearchTreeHoldsEachMidpointOnce) {
+  std::vector<int> seen(255, 0);
+  for (int i = 1; i < 256; ++i) seen[tree_node_midpoint(i)]++;
+  for (int k = 0; k < 255; ++k) EXPECT_EQ(seen[k], 1) << k;
+  EXPECT_EQ(tree_node_midpoint(1), 127);
+  EXPECT_EQ(tree_node_midpoint(2), 63);
+  EXPECT_EQ(tree_node_midpoint(3), 191);
+  EXPECT_EQ(tree_node_midpoint(255), 254);
+}
+
+TEST(OptimAdam, NearestInTreeIsNearest) {
+  const auto code = dynamic_map(true);
+  float tree[256];
+  code_search_tree(code.data(), tree);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
+  for (int k = 0; k < 256; ++k) EXPECT_EQ(nearest_in_tree(tree, code[k]), k);
+  for (int i = 0; i < 20000; ++i) {
+    const float x = i % 2 ? ud(rng) : ud(rng) * 1e-4f;
+    const int got = nearest_in_tree(tree, x);
+    EXPECT_LE(std::fabs(code[got] - x), std::fabs(code[nearest_linear(code, x)] - x)) << x;
   }
 }
 

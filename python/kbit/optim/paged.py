@@ -14,6 +14,7 @@ import torch
 from . import _ops
 
 PAGED_MIN_NUMEL = 100_000
+RESERVE_BYTES = 64 << 20  # head-room left free beside paged states (the op keeps the same reserve)
 
 
 def zeros(like: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, paged: bool) -> torch.Tensor:
@@ -24,6 +25,14 @@ def zeros(like: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, paged: b
     for s in shape:
         numel *= s
     if paged and like.device.type == "cuda" and numel >= PAGED_MIN_NUMEL:
+        # Managed memory beyond what the GPU has free can hang it: refuse here first (the op checks too).
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        free, _ = torch.cuda.mem_get_info(like.device)
+        if nbytes + RESERVE_BYTES > free:
+            raise RuntimeError(f"kbit: a paged state of {nbytes} bytes does not fit in the {free} bytes "
+                               f"free on {like.device} ({RESERVE_BYTES >> 20} MiB kept in reserve); kbit never "
+                               "allocates more managed memory than the GPU has free. Free GPU memory first or "
+                               "use a non-paged optimizer.")
         t = _ops.paged_zeros(like, shape, dtype)
         t._kbit_paged = True
         return t
