@@ -29,10 +29,10 @@ def zeros(like: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, paged: b
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
         free, _ = torch.cuda.mem_get_info(like.device)
         if nbytes + RESERVE_BYTES > free:
-            raise RuntimeError(f"kbit: a paged state of {nbytes} bytes does not fit in the {free} bytes "
-                               f"free on {like.device} ({RESERVE_BYTES >> 20} MiB kept in reserve); kbit never "
-                               "allocates more managed memory than the GPU has free. Free GPU memory first or "
-                               "use a non-paged optimizer.")
+            raise RuntimeError(
+                f"kbit: a paged state of {nbytes} bytes does not fit in the {free} bytes free on {like.device} "
+                f"({RESERVE_BYTES >> 20} MiB kept in reserve); kbit never allocates more managed memory than "
+                "the GPU has free. Free GPU memory first or use a non-paged optimizer.")
         t = _ops.paged_zeros(like, shape, dtype)
         t._kbit_paged = True
         return t
