@@ -30,9 +30,9 @@ def zeros(like: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, paged: b
         free, _ = torch.cuda.mem_get_info(like.device)
         if nbytes + RESERVE_BYTES > free:
             raise RuntimeError(
-                f"kbit: a paged state of {nbytes} bytes does not fit in the {free} bytes free on {like.device} "
-                f"({RESERVE_BYTES >> 20} MiB kept in reserve); kbit never allocates more managed memory than "
-                "the GPU has free. Free GPU memory first or use a non-paged optimizer.")
+                f"kbit: a paged state of {nbytes} bytes does not fit in the {free} bytes free on "
+                f"{like.device} ({RESERVE_BYTES >> 20} MiB kept in reserve); kbit never allocates more "
+                "managed memory than the GPU has free. Free GPU memory first or use a non-paged optimizer.")
         t = _ops.paged_zeros(like, shape, dtype)
         t._kbit_paged = True
         return t
