@@ -38,11 +38,13 @@ def test_blockwise_empty_and_errors():
 
 
 def reference_int8_quant(A, threshold):
+    """bitsandbytes' rule: entries with |x| >= threshold are left out of the row absmax, and whole
+    outlier columns (any such entry) are written as zeros."""
     A = A.float()
-    outliers = (A.abs() >= threshold).any(0) if threshold > 0 else torch.zeros(A.shape[1], dtype=torch.bool)
-    kept = A.masked_fill(outliers, 0)
-    stats = kept.abs().amax(1)
-    q = torch.round(kept * (127.0 / stats.unsqueeze(1))).nan_to_num(0).to(torch.int8)
+    big = A.abs() >= threshold if threshold > 0 else torch.zeros_like(A, dtype=torch.bool)
+    outliers = big.any(0)
+    stats = A.abs().masked_fill(big, 0).amax(1)
+    q = torch.round(A * (127.0 / stats.unsqueeze(1))).masked_fill(outliers, 0).nan_to_num(0).to(torch.int8)
     return q, stats, outliers.nonzero().flatten()
 
 

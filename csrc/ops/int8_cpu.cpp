@@ -40,7 +40,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cpu(const a
   if (cols > 0 && rows > 0) {
     dispatch_float(A.scalar_type(), [&](auto tag) {
       using T = typename decltype(tag)::type;
-      core::int8_vectorwise_quant<T>(data_as<T>(a), rows, cols, mask.data(), q.data_ptr<int8_t>(),
+      core::int8_vectorwise_quant<T>(data_as<T>(a), rows, cols, float(threshold), mask.data(),
+                                     q.data_ptr<int8_t>(),
                                      row_stats.data_ptr<float>());
     });
   }
@@ -116,7 +117,8 @@ at::Tensor linear_8bit_cpu(const at::Tensor& A, const at::Tensor& W_q, const at:
     auto row_stats = at::empty({M}, A.options().dtype(at::kFloat));
     dispatch_float(A.scalar_type(), [&](auto tag) {
       using T = typename decltype(tag)::type;
-      core::int8_vectorwise_quant<T>(data_as<T>(a), M, K, mask.data(), q.data_ptr<int8_t>(),
+      core::int8_vectorwise_quant<T>(data_as<T>(a), M, K, float(threshold), mask.data(),
+                                     q.data_ptr<int8_t>(),
                                      row_stats.data_ptr<float>());
     });
     auto w = W_q.contiguous(), ws = w_stats.contiguous();

@@ -4,5 +4,9 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _ops, functional  # noqa: F401
 from .quant_state import QuantState  # noqa: F401
+from . import nn  # noqa: F401
+from .config import QuantConfig  # noqa: F401
+from .memory import estimate_footprint, get_memory_footprint  # noqa: F401
+from .quantize import quantize_model  # noqa: F401
 
 __version__ = "0.1.0"

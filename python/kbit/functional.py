@@ -84,7 +84,9 @@ def quantize_4bit(
     packed, absmax = _ops.quantize_4bit(A, blocksize, quant_type, quant_storage)
     offset = nested = None
     if double_quant:
-        offset = absmax.mean()
+        # Summed in float64 and rounded once, so the offset (and every nested byte) is the same on
+        # any device and matches bitsandbytes' vectors; a float32 mean depends on summation order.
+        offset = (absmax.sum(dtype=torch.float64).float() * (1.0 / max(absmax.numel(), 1))).to(torch.float32)
         qabsmax, nested = quantize_blockwise(absmax - offset, blocksize=NESTED_BLOCKSIZE)
         absmax = qabsmax
     state = QuantState(

@@ -1,0 +1,7 @@
+"""Quantized layers: drop-in nn.Linear replacements with packed weights."""
+
+from .linear_4bit import Linear4bit
+from .linear_8bit import Linear8bitLt
+from .parameter import Params4bit
+
+__all__ = ["Linear4bit", "Linear8bitLt", "Params4bit"]
