@@ -21,6 +21,18 @@ TORCH_LIBRARY(kbit, m) {
   // uint8 and decodes as dequantize_blockwise(absmax, nested_absmax, nested_code) + nested_offset.
   m.def("linear_4bit(Tensor A, Tensor packed, Tensor absmax, Tensor? nested_absmax, Tensor? nested_code, "
         "Tensor? nested_offset, int blocksize, int nested_blocksize, str quant_type, int[] shape, Tensor? bias) -> Tensor");
+  // Optimizers (python/kbit/optim): one fused Adam ("adam": L2 decay) / AdamW ("adamw": decoupled)
+  // step on p in place. 8-bit states: uint8 state1/state2 indexing the sorted codes code1/code2,
+  // scaled per 256-element block by float32 absmax1/absmax2 (csrc/core/optim_adam.h).
+  m.def("optimizer_update_8bit_blockwise(str optimizer_name, Tensor(a!) p, Tensor g, Tensor(b!) state1, "
+        "Tensor(c!) state2, Tensor(d!) absmax1, Tensor(e!) absmax2, Tensor code1, Tensor code2, float beta1, "
+        "float beta2, float eps, int step, float lr, float weight_decay, float gnorm_scale) -> ()");
+  m.def("optimizer_update_32bit(str optimizer_name, Tensor(a!) p, Tensor g, Tensor(b!) state1, Tensor(c!) state2, "
+        "float beta1, float beta2, float eps, int step, float lr, float weight_decay, float gnorm_scale) -> ()");
+  // Paged states (CUDA only): zeros in CUDA managed memory on like's device, refused when larger
+  // than the free device memory; prefetch moves them to the GPU (or to the host) on the stream.
+  m.def("paged_zeros(Tensor like, int[] shape, ScalarType dtype) -> Tensor");
+  m.def("paged_prefetch(Tensor(a!) t, bool to_cpu=False) -> ()");
 }
 
 // `import kbit._C` loads this library, which runs the registrations above.
