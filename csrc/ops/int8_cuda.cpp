@@ -15,6 +15,7 @@
 
 #include "cuda/int8.cuh"
 #include "ops/checks.h"
+#include "ops/int8_checks.h"
 
 namespace kbit::ops {
 namespace {
@@ -48,44 +49,12 @@ void check_cuda(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.is_cuda(), "kbit: ", what, " must be a CUDA tensor; got one on ", t.device());
 }
 
-int64_t leading_rows(const at::Tensor& A, const char* what) {
-  TORCH_CHECK_VALUE(A.dim() >= 1, "kbit: ", what, " must have at least one dimension");
-  return c10::multiply_integers(A.sizes().slice(0, A.dim() - 1));
-}
-
 // The threshold as A's dtype rounds it (the CPU reference compares in that precision); 0 = none.
 float rounded_threshold(at::ScalarType s, double threshold) {
   if (!(threshold > 0)) return 0.0f;
   if (s == at::kHalf) return float(at::Half(float(threshold)));
   if (s == at::kBFloat16) return float(at::BFloat16(float(threshold)));
   return float(threshold);
-}
-
-void check_int8_weight(const at::Tensor& W_q, const at::Tensor& w_stats, int64_t K, const at::Tensor& ref) {
-  check_dtype(W_q, at::kChar, "W_q");
-  check_dtype(w_stats, at::kFloat, "w_stats");
-  check_same_device(W_q, ref, "W_q", "A");
-  check_same_device(w_stats, ref, "w_stats", "A");
-  TORCH_CHECK_VALUE(W_q.dim() == 2, "kbit: W_q must be 2-D (out_features, in_features); got ", W_q.sizes());
-  TORCH_CHECK_VALUE(W_q.size(1) == K, "kbit: A has ", K, " features but W_q expects ", W_q.size(1));
-  TORCH_CHECK_VALUE(w_stats.numel() == W_q.size(0), "kbit: w_stats has ", w_stats.numel(),
-                    " values but W_q has ", W_q.size(0), " rows");
-}
-
-// Bias as float32 (the kernels add it in float32 before the one rounding to the output dtype).
-at::Tensor checked_bias(const c10::optional<at::Tensor>& bias, int64_t N, const at::Tensor& ref) {
-  if (!bias.has_value() || !bias->defined()) return at::Tensor();
-  check_float_input(*bias, "bias");
-  check_same_device(*bias, ref, "bias", "A");
-  TORCH_CHECK_VALUE(bias->numel() == N, "kbit: bias has ", bias->numel(), " values but the layer has ", N,
-                    " outputs");
-  return bias->to(at::kFloat).contiguous().view({N});
-}
-
-std::vector<int64_t> out_shape(const at::Tensor& A, int64_t N) {
-  auto s = A.sizes().vec();
-  s.back() = N;
-  return s;
 }
 
 template <typename T>
@@ -180,7 +149,7 @@ at::Tensor int8_linear_cuda(const at::Tensor& A_q, const at::Tensor& W_q, const 
   TORCH_CHECK_VALUE(a_stats.numel() == M, "kbit: a_stats has ", a_stats.numel(), " values but A_q has ", M,
                     " rows");
   c10::cuda::CUDAGuard guard(A_q.device());
-  auto b = checked_bias(bias, N, A_q);
+  auto b = checked_bias(bias, N, at::kFloat, A_q);
   auto out = at::empty({M, N}, A_q.options().dtype(dtype));
   if (M > 0 && N > 0) {
     auto q = A_q.contiguous().view({M, K});
@@ -198,7 +167,7 @@ at::Tensor linear_8bit_cuda(const at::Tensor& A, const at::Tensor& W_q, const at
   check_int8_weight(W_q, w_stats, K, A);
   const int64_t N = W_q.size(0);
   c10::cuda::CUDAGuard guard(A.device());
-  auto b = checked_bias(bias, N, A);
+  auto b = checked_bias(bias, N, at::kFloat, A);
   auto out = at::empty({M, N}, A.options());
   if (M == 0 || N == 0) return out.view(out_shape(A, N));
   if (K == 0) {
