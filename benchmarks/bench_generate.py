@@ -1,10 +1,13 @@
 """End-to-end decode speed of a Llama model (random weights) under Hugging Face `generate`, for bf16,
 kbit NF4 (+double quant), kbit int8, bitsandbytes NF4 (+double quant) and bitsandbytes int8, in HF
 eager mode (dynamic cache) and compiled (static cache; transformers compiles the decode step with
-torch.compile mode="reduce-overhead", i.e. CUDA graphs).
+torch.compile mode="reduce-overhead", i.e. CUDA graphs), and without `generate` in a minimal greedy loop
+over a static cache (modes graph and cudagraph, see StaticDecoder): the floor that per-step host work
+of `generate` (logits processors, stopping criteria, a host sync per token) hides.
 
     python benchmarks/bench_generate.py                       # everything, Llama-3.1-8B shape, GPU
     python benchmarks/bench_generate.py --contenders bf16,kbit-nf4 --modes compiled --batch 1
+    python benchmarks/bench_generate.py --contenders bf16,kbit-nf4 --modes graph,cudagraph --batch 1
     python benchmarks/bench_generate.py --tiny                # CPU smoke test, seconds
 
 One bf16 model is built on the device; each quantized contender is a copy of it that shares every
@@ -24,10 +27,13 @@ import time
 
 import torch
 from torch import nn
-from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
+from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM, StaticCache
 
 CONTENDERS = ("bf16", "kbit-nf4", "kbit-int8", "bnb-nf4", "bnb-int8")
-MODES = ("eager", "compiled")
+# graph: the step below under torch.compile (mode="reduce-overhead": CUDA graphs via inductor);
+# cudagraph: the same step in eager, captured once with torch.cuda.CUDAGraph (no compiler at all).
+MODES = ("eager", "compiled", "graph", "cudagraph")
+DEFAULT_MODES = ("eager", "compiled", "graph")
 GIB = 2**30
 
 
@@ -194,9 +200,119 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
+class StaticDecoder:
+    """Greedy decoding without `generate`: a StaticCache sized prompt + new tokens, the prefill run
+    once in eager, then one call per new token of `step` (forward on one token + argmax, all on the
+    device). Nothing in the loop waits for the GPU, so the host runs ahead and the GPU never idles
+    as long as launching a step costs less than running it.
+
+    impl "graph": `step` under torch.compile (reduce-overhead with inductor: CUDA graph trees; on the
+    CPU just the compiled loop). impl "cudagraph": `step` in eager, captured once into a
+    torch.cuda.CUDAGraph over static token buffers and replayed. The cache needs no position
+    argument: transformers' static layers keep their length in a device tensor that the step
+    advances in place (and positions/masks are derived from it), so every step is the same graph."""
+
+    def __init__(self, model, batch: int, prompt: int, new_tokens: int, impl: str, args, device):
+        self.model, self.impl, self.args = model, impl, args
+        self.cache = StaticCache(config=model.config, max_cache_len=prompt + new_tokens)
+        # tokens[j] is the (batch, 1) j-th new token: each step reads one slot, the next is written.
+        self.tokens = torch.zeros(new_tokens, batch, 1, dtype=torch.long, device=device)
+        self.step = None
+
+    def _forward_argmax(self, tok: torch.Tensor) -> torch.Tensor:
+        logits = self.model(input_ids=tok, past_key_values=self.cache, use_cache=True).logits
+        return logits[:, -1].argmax(-1, keepdim=True)
+
+    def prefill(self, ids: torch.Tensor) -> None:
+        # logits_to_keep=1: only the last position's logits, as generate does.
+        logits = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
+        self.tokens[0].copy_(logits[:, -1].argmax(-1, keepdim=True))
+
+    def _build(self, ids: torch.Tensor) -> None:
+        if self.impl == "graph":
+            backend = self.args.backend
+            mode = "reduce-overhead" if backend == "inductor" else None
+            self.step = torch.compile(self._forward_argmax, backend=backend, mode=mode,
+                                      fullgraph=self.args.fullgraph_for)
+            return
+        if ids.device.type != "cuda":
+            raise RuntimeError("mode cudagraph needs a CUDA device")
+        self.prefill(ids)  # allocates the cache (lazily, on the first update) outside the capture
+        self.static_tok = self.tokens[0].clone()
+        # Eager warm-up on a side stream before capturing (lazy inits, cuBLAS workspaces), as
+        # torch.cuda.graphs requires; it moves the cache on, which the next reset() undoes.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.static_tok.copy_(self._forward_argmax(self.static_tok))
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            # The argmax goes back into the input buffer, so a replay needs no copy in.
+            self.static_tok.copy_(self._forward_argmax(self.static_tok))
+        self.step = self.graph
+
+    def run(self, ids: torch.Tensor, device) -> tuple[float, float]:
+        """Generates len(tokens) tokens after `ids`; returns (prefill s, decode s), each ended by a sync."""
+        if self.step is None:
+            with torch.no_grad():
+                self._build(ids)
+        self.cache.reset()  # zeroes in place: the buffers keep the addresses the graphs captured
+        tokens = self.tokens
+        with torch.no_grad():
+            sync(device)
+            t0 = time.perf_counter()
+            self.prefill(ids)
+            sync(device)
+            t1 = time.perf_counter()
+            if self.impl == "graph":
+                step = self.step
+                for j in range(1, len(tokens)):
+                    # Outputs of a CUDA-graph-tree replay are overwritten by the next replay: copy
+                    # the token out now; the next step reads that slot, never the graph's output.
+                    tokens[j].copy_(step(tokens[j - 1]))
+            else:
+                self.static_tok.copy_(tokens[0])
+                for j in range(1, len(tokens)):
+                    self.graph.replay()
+                    tokens[j].copy_(self.static_tok)
+            sync(device)
+            t2 = time.perf_counter()
+        return t1 - t0, t2 - t1
+
+    def output(self, ids: torch.Tensor) -> torch.Tensor:
+        """The prompt followed by the generated tokens, shaped like generate's output."""
+        return torch.cat([ids, self.tokens.squeeze(-1).t()], dim=1)
+
+
+def bench_static(model, mode, ids, args, device):
+    decoder = StaticDecoder(model, ids.shape[0], ids.shape[1], args.new_tokens, mode, args, device)
+    graphs0, skips0 = compiled_graphs(), cudagraph_skips()
+    for _ in range(args.warmup):
+        decoder.run(ids, device)
+        out = decoder.output(ids)
+        assert out.shape == (ids.shape[0], args.prompt + args.new_tokens), out.shape
+    if mode == "graph" and compiled_graphs() == graphs0:
+        raise RuntimeError("torch.compile did not compile the decode step")
+    times = [decoder.run(ids, device) for _ in range(args.repeat)]
+    t_first = statistics.median(t for t, _ in times)
+    t_decode = statistics.median(t for _, t in times)
+    batch = ids.shape[0]
+    return {
+        "tok_s": batch * args.new_tokens / (t_first + t_decode),
+        "decode_tok_s": batch * (args.new_tokens - 1) / t_decode,
+        "ms_per_step": 1e3 * t_decode / (args.new_tokens - 1),
+        "prefill_ms": 1e3 * t_first,
+        "cudagraph_skips": cudagraph_skips() - skips0,
+    }
+
+
 def bench_one(model, mode, batch, args, device):
     gen = torch.Generator().manual_seed(batch)
     ids = torch.randint(3, model.config.vocab_size, (batch, args.prompt), generator=gen).to(device)
+    if mode in ("graph", "cudagraph"):
+        return bench_static(model, mode, ids, args, device)
     graphs0 = compiled_graphs()
     skips0 = cudagraph_skips()
     for _ in range(args.warmup):
@@ -241,7 +357,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--contenders", default=",".join(CONTENDERS),
                    help=f"comma list of {', '.join(CONTENDERS)}")
-    p.add_argument("--modes", default=",".join(MODES), help="comma list of eager, compiled")
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--batch", default="1,8", help="comma list of batch sizes")
     p.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 128, or 16 with --tiny)")
     p.add_argument("--new-tokens", type=int, default=None, help="new tokens (default 256, or 8 with --tiny)")
@@ -249,7 +365,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed generate calls of the same lengths first")
     p.add_argument("--repeat", type=int, default=1, help="timed calls (median)")
     p.add_argument("--backend", default=None,
-                   help="torch.compile backend for mode 'compiled' (default: inductor; aot_eager on the CPU, "
+                   help="torch.compile backend for modes 'compiled' and 'graph' (default: inductor; aot_eager on the CPU, "
                         "where inductor's C++ build takes minutes)")
     p.add_argument("--fullgraph", choices=("auto", "on", "off"), default="auto",
                    help="auto: fullgraph for bf16/kbit (a graph break is an error), not for bitsandbytes")
