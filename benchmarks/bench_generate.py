@@ -225,7 +225,8 @@ class StaticDecoder:
 
     def prefill(self, ids: torch.Tensor) -> None:
         # logits_to_keep=1: only the last position's logits, as generate does.
-        logits = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
+        logits = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True,
+                            logits_to_keep=1).logits
         self.tokens[0].copy_(logits[:, -1].argmax(-1, keepdim=True))
 
     def _build(self, ids: torch.Tensor) -> None:

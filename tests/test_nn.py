@@ -115,6 +115,27 @@ def test_gradients_reach_input_only(cls):
     assert q.bias.grad is not None  # the reused float bias stays trainable
 
 
+@pytest.mark.parametrize("cls", [Linear4bit, Linear8bitLt])
+def test_no_grad_fast_path_matches_autograd_path(cls):
+    # Without grad mode (or with no input needing grad) the forward skips the Python autograd
+    # kernel; the numbers and the grad flags must be those of the autograd path.
+    q = cls.from_linear(_linear())
+    q.bias.requires_grad_(False)
+    x = torch.randn(3, 256)
+    with torch.no_grad():
+        fast = q(x)
+    assert not fast.requires_grad
+    with torch.enable_grad():
+        plain = q(x)  # nothing requires grad: also the fast path
+        assert not plain.requires_grad
+        tracked = q(x.clone().requires_grad_())
+        assert tracked.requires_grad and tracked.grad_fn is not None
+    torch.testing.assert_close(fast, plain, rtol=0, atol=0)
+    torch.testing.assert_close(fast, tracked.detach(), rtol=0, atol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(q(x), fast, rtol=0, atol=0)
+
+
 def test_from_linear_reuses_bias_and_meta():
     lin = _linear()
     q = Linear4bit.from_linear(lin)

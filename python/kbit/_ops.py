@@ -19,6 +19,24 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# The matmul ops carry a Python autograd kernel (register_autograd below), which every call passes
+# through even when no gradient can flow: a few microseconds of Python per linear layer, the bulk
+# of an eager decode step's host time. When grad mode is off or no input requires grad, that
+# kernel would only redispatch below autograd; this does the same from C++. Under torch.compile
+# the op is called plainly so that tracing sees the usual dispatch.
+_is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch._C.is_grad_enabled
+_any_requires_grad = torch._C._any_requires_grad
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+
+
+def _call_differentiable(op, *args):
+    if not _is_compiling() and not (_grad_enabled() and _any_requires_grad(*args)):
+        with _below_autograd():
+            return op(*args)
+    return op(*args)
+
+
 def _leading_rows(A: torch.Tensor) -> int:
     rows = 1
     for s in A.shape[:-1]:
@@ -94,7 +112,7 @@ def _(A_q, W_q, a_stats, w_stats, bias, dtype):
 
 
 def linear_8bit(A, W_q, w_stats, threshold: float, bias: Optional[torch.Tensor]):
-    return ops.linear_8bit.default(A, W_q, w_stats, threshold, bias)
+    return _call_differentiable(ops.linear_8bit.default, A, W_q, w_stats, threshold, bias)
 
 
 @torch.library.register_fake("kbit::linear_8bit")
@@ -134,9 +152,9 @@ def linear_4bit(
     shape: Sequence[int],
     bias: Optional[torch.Tensor],
 ):
-    return ops.linear_4bit.default(
-        A, packed, absmax, nested_absmax, nested_code, nested_offset, blocksize, nested_blocksize, quant_type,
-        list(shape), bias,
+    return _call_differentiable(
+        ops.linear_4bit.default, A, packed, absmax, nested_absmax, nested_code, nested_offset, blocksize,
+        nested_blocksize, quant_type, shape if type(shape) is list else list(shape), bias,
     )
 
 

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import _ops
 from .. import functional as F
 from ..quant_state import PACKED_KEY_PREFIX, QUANT_TYPES_4BIT, QuantState
 from ._base import QuantizedLinearBase
@@ -159,18 +160,29 @@ class Linear4bit(QuantizedLinearBase):
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype != self.quant_storage:
+        # Per call this is host time on the decode path (hundreds of layer calls per token), so it
+        # reads the tensors straight from the module's tables (one nn.Module.__getattr__ each
+        # otherwise), builds no QuantState, and converts only what has another dtype.
+        params, buffers = self._parameters, self._buffers
+        weight = params["weight"]
+        if weight.dtype != self.quant_storage:
             raise RuntimeError(
-                f"kbit: the packed 4-bit weight was cast from {self.quant_storage} to {self.weight.dtype}; "
+                f"kbit: the packed 4-bit weight was cast from {self.quant_storage} to {weight.dtype}; "
                 "quantized weights must not be converted"
             )
         in_dtype = x.dtype
-        if self.compute_dtype is not None:
-            x = x.to(self.compute_dtype)
-        bias = self.bias
-        if bias is not None:
+        compute_dtype = self.compute_dtype
+        if compute_dtype is not None and compute_dtype != in_dtype:
+            x = x.to(compute_dtype)
+        bias = params["bias"]
+        if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
-        return F.linear_4bit(x, self.weight, self.quant_state, bias).to(in_dtype)
+        out = _ops.linear_4bit(
+            x, weight, buffers["weight_absmax"], buffers["weight_nested_absmax"],
+            buffers["weight_nested_quant_map"], buffers["weight_offset"], self.blocksize, self.nested_blocksize, self.quant_type,
+            [self.out_features, self.in_features], bias,
+        )
+        return out if out.dtype == in_dtype else out.to(in_dtype)
 
     def extra_repr(self) -> str:
         dq = ", double_quant=True" if self.double_quant else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import _ops
 from .. import functional as F
 from ._base import QuantizedLinearBase
 
@@ -62,10 +63,13 @@ class Linear8bitLt(QuantizedLinearBase):
         return F.int8_dequantize_weight(self.weight, self.SCB, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias
-        if bias is not None:
+        # Host time per call matters in decode: tensors come straight from the module's tables (no
+        # nn.Module.__getattr__), and the bias is converted only when its dtype differs.
+        params = self._parameters
+        bias = params["bias"]
+        if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
-        return F.linear_8bit(x, self.weight, self.SCB, self.threshold, bias)
+        return _ops.linear_8bit(x, params["weight"], self._buffers["SCB"], self.threshold, bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
