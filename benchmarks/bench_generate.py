@@ -482,7 +482,7 @@ def print_table(rows):
         head = f"| {r['contender']} | {r['mode']} | {r['batch']} |"
         mem = f"{r['footprint_gib']:.3g} | {r['resident_gib']:.3g} |"
         if "error" in r:
-            print(f"{head} | | | | | | | {mem} | | error: {r['error']} |")
+            print(f"{head} | | | | | | {mem} | error: {r['error']} |")
             continue
         vs = [refs[n].get((r["mode"], r["batch"])) for n in ("bf16", "bnb-nf4")]
         vs = [f"{r['tok_s'] / v:.2f}x" if v else "-" for v in vs]
