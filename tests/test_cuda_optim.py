@@ -26,7 +26,7 @@ def _states_8bit(n, device):
             (torch.rand(nb, generator=g) * 0.1).to(device), (torch.rand(nb, generator=g) * 0.01).to(device)]
 
 
-@pytest.mark.parametrize("n", [1, 255, 256, 1000, 4096 + 17, 1 << 20])
+@pytest.mark.parametrize("n", [1, 255, 256, 1000, 4096 + 17, 1 << 20, (1 << 23) + 17])  # the last: warps loop
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["adamw", "adam"])
 @pytest.mark.parametrize("offset", [0, 3])  # 3: misaligned views take the scalar path
