@@ -62,7 +62,11 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="bf16 with double quant only")
     p.add_argument("--variants", action="store_true", help="also time each kbit kernel forced")
+    p.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="comma-separated token counts")
+    p.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="e.g. 4096x4096,...")
     args = p.parse_args()
+    tokens = [int(t) for t in args.tokens.split(",")]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     torch.manual_seed(0)
     timer = Timer()
     clean = Timer(flush="read")
@@ -76,7 +80,7 @@ def main():
               "vs bnb",
               "kbit % copy BW", "clean L2: kbit ms / dense ms / % BW", "err"]
     rows, variants = [], []
-    for N, K in SHAPES:
+    for N, K in shapes:
         for dtype in dtypes:
             W = (torch.randn(N, K, device="cuda") * 0.02).to(dtype)
             dense_ms = {}
@@ -86,7 +90,7 @@ def main():
                 if bnb is not None:
                     bp, bstate = bnb.functional.quantize_4bit(W, blocksize=64, quant_type="nf4",
                                                               compress_statistics=dq)
-                for M in TOKENS:
+                for M in tokens:
                     A = torch.randn(M, K, device="cuda", dtype=dtype)
                     if M not in dense_ms:
                         dense_ms[M] = timer(lambda: torch.nn.functional.linear(A, W))
@@ -112,27 +116,28 @@ def main():
                                  f"{err:.1e}"])
                     print(" | ".join(map(str, rows[-1])), flush=True)
                     if args.variants and dq and dtype == torch.bfloat16:
-                        add_variants(variants, timer, layer, N, K, M, dtype, dense_ms[M])
+                        add_variants(variants, timer, clean, layer, N, K, M, dtype, dense_ms[M])
                         if M == 64:  # 128 tokens: between the tiled and dequantize regimes
                             A128 = torch.randn(128, K, device="cuda", dtype=dtype)
                             d128 = timer(lambda: torch.nn.functional.linear(A128, W))
-                            add_variants(variants, timer, layer, N, K, 128, dtype, d128)
+                            add_variants(variants, timer, clean, layer, N, K, 128, dtype, d128)
     print()
     print_table(header, rows)
     if variants:
         print()
-        print_table(["shape", "tokens", "kbit path", "kbit ms", "dense ms"], variants)
+        print_table(["shape", "tokens", "kbit path", "kbit ms", "dense ms", "clean L2 ms"], variants)
 
 
-def add_variants(variants, timer, layer, N, K, M, dtype, dense):
+def add_variants(variants, timer, clean, layer, N, K, M, dtype, dense):
     A = torch.randn(M, K, device="cuda", dtype=dtype)
-    for name, env in [("skinny", {"KBIT_LINEAR4_PATH": "skinny"}),
-                      ("tiled", {"KBIT_LINEAR4_PATH": "tiled"}),
-                      ("dequant+cuBLAS", {"KBIT_LINEAR4_PATH": "dequant"})]:
+    forced = [("skinny", {"KBIT_LINEAR4_PATH": "skinny"}), ("tiled", {"KBIT_LINEAR4_PATH": "tiled"}),
+              ("dequant+cuBLAS", {"KBIT_LINEAR4_PATH": "dequant"})]
+    for name, env in forced:
         if name.startswith("skinny") and M > 16:
             continue
         os.environ.update(env)
-        variants.append([f"{N}x{K}", M, name, f"{timer(lambda: layer(A)):.4f}", f"{dense:.4f}"])
+        clean_ms = f"{clean(lambda: layer(A)):.4f}" if M == 1 else ""
+        variants.append([f"{N}x{K}", M, name, f"{timer(lambda: layer(A)):.4f}", f"{dense:.4f}", clean_ms])
         for k in env:
             del os.environ[k]
 

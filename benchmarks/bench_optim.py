@@ -14,12 +14,17 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
+import sys
 
 import torch
 
 import kbit.optim as KO
 from kbit.optim import paged
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import event_ms  # noqa: E402
 
 
 def state_bytes(opt) -> int:
@@ -39,12 +44,7 @@ def time_steps(opt, steps: int, warmup: int, sync) -> list[float]:
     times = []
     for _ in range(steps):
         if torch.cuda.is_available():
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            opt.step()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
+            times.append(event_ms(opt.step))
         else:
             import time
 

@@ -235,3 +235,16 @@ def test_merge_can_requantize_like_bitsandbytes(float_ckpt):
     peft_model.unmerge_adapter()
     assert layer.get_base_layer() is original
     torch.testing.assert_close(logits(peft_model), expected, rtol=0, atol=0)
+
+
+def test_num_parameters_counts_packed_weights_without_bitsandbytes(float_ckpt):
+    # transformers' own num_parameters imports bitsandbytes for any 4-bit model; Trainer calls it.
+    full = AutoModelForCausalLM.from_pretrained(float_ckpt)
+    model = _load(float_ckpt)
+    assert model.num_parameters() == full.num_parameters()
+    assert model.num_parameters(exclude_embeddings=True) == full.num_parameters(exclude_embeddings=True)
+    assert model.num_parameters(only_trainable=True) == full.num_parameters() - sum(
+        p.numel() for n, p in full.named_parameters() if n.endswith("proj.weight"))
+    peft_model = get_peft_model(prepare_model_for_kbit_training(model), _lora())
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert 0 < peft_model.num_parameters(only_trainable=True) == trainable

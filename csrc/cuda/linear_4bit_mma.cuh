@@ -21,34 +21,33 @@
 // one 32-bit A register (two 16-bit values, low half = even column = high nibble). A 256-entry
 // shared-memory table maps the byte to that register of unscaled code values; it is replicated 32
 // times so that lane L always reads bank L (conflict-free for any data): entry v of lane L sits at
-// byte (v << 8) | (L << 2). The 256-byte entry stride (half of each entry unused, 64 KB in all)
-// lets one byte permute build the whole offset from the packed word and the lane, so two weights
-// cost a permute, a shared load and a 16-bit multiply by the scale: the decode kernel is bound by
-// instruction issue, not by the table's size.
+// byte (v << 7) | (L << 2), 32 KB in all. One lookup + one 16-bit multiply by the scale per two
+// weights. (A 64 KB table with a 256-byte entry stride, whose offsets take one byte permute
+// instead of a shift and an and-or, measured no faster at 1 token and slower above: it left too
+// little L1 for the activations and halved the tiled kernel's occupancy.)
 #pragma once
 #include "cuda/common.cuh"
 #include "cuda/linear_4bit.cuh"
 
 namespace kbit::cuda::mma {
 
-constexpr int kLutBytes = 256 * 256;
+constexpr int kLutBytes = 256 * 32 * 4;
 
 // Fills the replicated byte table (kLutBytes of shared memory) for code `qt` in type T.
 template <typename T>
 __device__ __forceinline__ void fill_lut(uint4* lut, int qt) {
   for (int i = threadIdx.x; i < kLutBytes / 16; i += blockDim.x) {
-    const int v = i >> 4;  // 16 uint4 per entry: 8 hold the 32 lane copies, 8 are padding
+    const int v = i >> 3;  // 8 uint4 = 32 lane copies per entry
     const uint32_t w = pack2<T>(kCode4[qt][v >> 4], kCode4[qt][v & 15]);
     lut[i] = make_uint4(w, w, w, w);
   }
 }
 
-// The A register for byte p (0..3) of w: a table read at (byte << 8) | lane4 (lane4 = lane << 2,
-// below 256, so its byte 1 is zero). Callers unroll their loops, so p is a constant and this is
-// one byte permute and one shared load.
+// The A register for byte p (0..3) of w: a table read at (byte << 7) | lane4. Callers unroll
+// their loops, so p is a constant and this is one shift, one and-or and one shared load.
 __device__ __forceinline__ uint32_t lut_at(const char* lut, uint32_t w, int p, uint32_t lane4) {
-  const uint32_t off = __byte_perm(w, lane4, 0x5504u | (uint32_t(p) << 4));
-  return *reinterpret_cast<const uint32_t*>(lut + off);
+  const uint32_t off = p == 0 ? ((w << 7) & 0x7f80u) : ((w >> (8 * p - 7)) & 0x7f80u);
+  return *reinterpret_cast<const uint32_t*>(lut + (off | lane4));
 }
 
 template <typename T>

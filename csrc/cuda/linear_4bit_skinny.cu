@@ -1,20 +1,23 @@
 // Fused 4-bit linear for M <= 16 tokens (decode): out = A @ dequant(W)^T + bias.
 //
-// Bandwidth-bound: the packed weight is read once, 16 bytes per lane per row, with streaming
-// loads; everything else (activations, scales) is small and cached. Fragment layout and the k
-// permutation are described in linear_4bit_mma.cuh.
+// Bandwidth-bound in principle: the packed weight is read once with streaming loads; everything
+// else (activations, scales) is small and cached. Fragment layout, the k permutation and the byte
+// table are described in linear_4bit_mma.cuh.
 //
 // Decomposition: a block of W warps owns a tile of 16 weight rows at a time (one m16 tile) and
-// the warps split K: warp w takes 128-column chunks w, w+W, w+2W, ... Every warp therefore walks
-// the same number of chunks per tile, and its chunks over all of the block's tiles form one
-// sequence of "items". Each lane keeps the weights and scales of the next D items in a register
-// ring (D * 32 bytes of weight per lane in flight), so the memory system always has deep queues
-// even across tile boundaries; activations are read at use (they are small and stay in L1).
-// At the end of a tile the W warps' partial sums meet in shared memory and one pass adds them,
-// adds the bias and writes out[token, row].
-// The grid is persistent (what fits on the GPU at once), so the 32 KB table is built once per
-// block. Fewer, wider blocks balance better: tiles are handed out in rounds of `grid`, and the
-// last round is partly idle.
+// the warps split K into chunks of 128 * H columns: warp w takes chunks w, w+W, w+2W, ..., and
+// lane t of a chunk owns 32H contiguous columns (16H contiguous bytes per row; a row's chunk is
+// 64H contiguous bytes over 4 lanes). Every warp walks the same number of chunks per tile, and its
+// chunks over all of the block's tiles form one sequence of "items"; each lane keeps the weights
+// and scales of the next D items in a register ring, so loads stay in flight across tile ends.
+// Activations are read at use (they are small and stay in L1). At the end of a tile the W warps'
+// partial sums meet in shared memory and one pass adds them, adds the bias and writes
+// out[token, row]. The grid is persistent (what fits on the GPU at once), so the 32 KB table is
+// built once per block.
+//
+// Measured on an H100 (benchmarks/RESULTS.md) this reaches ~40% of copy bandwidth in a decode
+// graph: the limit is the L1/shared-memory pipe (a table read per two weights, plus scattered
+// scale loads) and issue, not loads in flight; deeper rings (D = 2, 4) did not help.
 #include "cuda/linear_4bit_mma.cuh"
 
 namespace kbit::cuda {
@@ -196,13 +199,12 @@ cudaError_t launch(const Linear4bitArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// 8 warps, one item in flight per warp, 256-column chunks: the best of the (warps, depth, groups)
-// combinations timed on an H100 in a decode-shaped CUDA graph (benchmarks/RESULTS.md); deeper
-// rings did not help because the kernel is bound by L1/shared-memory wavefronts and issue, not by
-// loads in flight.
+// 8 warps, one item ahead (D = 1). One token takes 256-column chunks (H = 2), more tokens
+// 128-column ones (H = 1): on an H100 (benchmarks/RESULTS.md) H = 2 was 2-4% faster at 1 token in a
+// decode graph but up to 1.5x slower at 4..16 tokens, and deeper rings were no faster anywhere.
 template <typename T, int NT, bool DQ>
 cudaError_t pick(const Linear4bitArgs& a, cudaStream_t stream) {
-  return launch<T, 8, NT, DQ, 1, 2>(a, stream);
+  return a.M == 1 ? launch<T, 8, NT, DQ, 1, 2>(a, stream) : launch<T, 8, NT, DQ, 1, 1>(a, stream);
 }
 
 template <typename T>

@@ -13,10 +13,9 @@
 // both states (two shared loads), and ~17 to round each new state to its code. 1B elements at ~115
 // instructions are ~4 ms of issue on an H100 (132 SMs x 4 warp instructions per clock), about the
 // memory time. The rounding is core::code_lookup: one shared load of a 24 KB bucket table per state
-// (core/code_lookup.h). The previous kernel (optim_adam_8bit_tree.cu, kept for comparison) searched
-// a tree of the midpoints instead: ~35 instructions and 8 dependent shared loads per state, with
-// bank conflicts on the deep levels, and ran at 7.4 ms. Each CTA fills its two tables (48 KB of
-// shared memory) once, in parallel, before its loop (~12 buckets per thread).
+// (core/code_lookup.h); it replaced a search of a tree of the midpoints (8 dependent shared loads
+// per state), which was 1.7x slower with bf16 parameters (benchmarks/RESULTS.md). Each CTA fills its
+// two tables (48 KB of shared memory) once, in parallel, before its loop (~12 buckets per thread).
 //
 // Loads in flight. A warp loads its block (1.5 KB for bf16) and then computes for ~1000 cycles; to
 // keep DRAM busy meanwhile, each lane first asks L2 to prefetch one 128-byte line of the warp's next
@@ -29,8 +28,6 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "core/code_lookup.h"
 #include "cuda/optim_adam.cuh"
@@ -204,7 +201,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 adam_8bit_lookup_kernel(T* __restrict__ p, const T* __restrict__ g, uint8_t* __restrict__ state1,
                         uint8_t* __restrict__ state2, float* __restrict__ absmax1,
                         float* __restrict__ absmax2, const float* __restrict__ code1,
-                        const float* __restrict__ code2, int64_t n, core::AdamConfig c, bool prefetch) {
+                        const float* __restrict__ code2, int64_t n, core::AdamConfig c) {
   extern __shared__ __align__(16) unsigned char smem[];
   Tables& s = *reinterpret_cast<Tables*>(smem);
   const int t = threadIdx.x;
@@ -228,8 +225,7 @@ adam_8bit_lookup_kernel(T* __restrict__ p, const T* __restrict__ g, uint8_t* __r
   const int64_t whole = kVec ? n / core::kOptimBlocksize : 0;
   const int64_t stride = int64_t(gridDim.x) * kWarps;
   int64_t b = int64_t(blockIdx.x) * kWarps + t / 32;
-  PrefetchLane pf = {nullptr, 0};
-  if (prefetch) pf = prefetch_lane(p, g, state1, state2, absmax1, absmax2, lane);
+  const PrefetchLane pf = prefetch_lane(p, g, state1, state2, absmax1, absmax2, lane);
   for (; b < whole; b += stride) {
     if (b + stride < whole) prefetch_l2(pf, b + stride);
     update_block<T, true>(p, g, state1, state2, absmax1, absmax2, s, b, lane, n, c);
@@ -270,20 +266,6 @@ adam_32bit_kernel(T* __restrict__ p, const T* __restrict__ g, float* __restrict_
   }
 }
 
-// Which 8-bit kernel runs, from KBIT_OPTIM_KERNEL read once: unset = the lookup kernel with L2
-// prefetch, "noprefetch" = without it, "tree" = the previous kernel (optim_adam_8bit_tree.cu).
-enum class Kernel8bit { kLookup, kLookupNoPrefetch, kTree };
-
-Kernel8bit kernel_8bit() {
-  static const Kernel8bit k = [] {
-    const char* e = std::getenv("KBIT_OPTIM_KERNEL");
-    if (e != nullptr && std::strcmp(e, "tree") == 0) return Kernel8bit::kTree;
-    if (e != nullptr && std::strcmp(e, "noprefetch") == 0) return Kernel8bit::kLookupNoPrefetch;
-    return Kernel8bit::kLookup;
-  }();
-  return k;
-}
-
 // The tables take more than the default 48 KB of dynamic shared memory: allow it, once per device.
 template <typename Kernel>
 cudaError_t allow_tables_smem(Kernel kernel, bool* done_per_device) {
@@ -303,10 +285,6 @@ cudaError_t adam_update_8bit_blockwise(T* p, const T* g, uint8_t* state1, uint8_
                                        const float* code2, int64_t n, const core::AdamConfig& c,
                                        cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const Kernel8bit which = kernel_8bit();
-  if (which == Kernel8bit::kTree) {
-    return adam_update_8bit_tree<T>(p, g, state1, state2, absmax1, absmax2, code1, code2, n, c, stream);
-  }
   const int64_t blocks = (n + core::kOptimBlocksize - 1) / core::kOptimBlocksize;
   const int grid = int(std::min<int64_t>((blocks + kWarps - 1) / kWarps, optim::sm_count()));
   const bool vec = optim::aligned(p, 16) && optim::aligned(g, 16) && optim::aligned(state1, 8) &&
@@ -315,8 +293,7 @@ cudaError_t adam_update_8bit_blockwise(T* p, const T* g, uint8_t* state1, uint8_
   static bool done[2][64] = {};
   cudaError_t err = allow_tables_smem(kernel, done[vec ? 1 : 0]);
   if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, sizeof(Tables), stream>>>(p, g, state1, state2, absmax1, absmax2, code1, code2, n, c,
-                                                     which == Kernel8bit::kLookup);
+  kernel<<<grid, kThreads, sizeof(Tables), stream>>>(p, g, state1, state2, absmax1, absmax2, code1, code2, n, c);
   return cudaGetLastError();
 }
 

@@ -20,11 +20,4 @@ cudaError_t adam_update_8bit_blockwise(T* p, const T* g, uint8_t* state1, uint8_
                                        const float* code2, int64_t n, const core::AdamConfig& c,
                                        cudaStream_t stream);
 
-// The previous 8-bit kernel (optim_adam_8bit_tree.cu), same results: adam_update_8bit_blockwise runs
-// it instead when the environment sets KBIT_OPTIM_KERNEL=tree, to compare the two on one machine.
-template <typename T>
-cudaError_t adam_update_8bit_tree(T* p, const T* g, uint8_t* state1, uint8_t* state2, float* absmax1,
-                                  float* absmax2, const float* code1, const float* code2, int64_t n,
-                                  const core::AdamConfig& c, cudaStream_t stream);
-
 }  // namespace kbit::cuda

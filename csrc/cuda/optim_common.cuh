@@ -1,5 +1,5 @@
-// Helpers shared by the optimizer kernels (optim_adam.cu, optim_adam_8bit_tree.cu): element
-// conversions of the core storage types, 16-byte vector loads / stores, and launch sizing.
+// Helpers of the optimizer kernels (optim_adam.cu): element conversions of the core storage types,
+// 16-byte vector loads / stores, and launch sizing.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

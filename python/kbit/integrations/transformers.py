@@ -19,6 +19,7 @@ keeps a reference to each layer's buffers as loaded and puts them back afterward
 
 from __future__ import annotations
 
+import types
 from typing import Optional
 
 import torch
@@ -32,7 +33,7 @@ from transformers.quantizers.auto import (
 )
 from transformers.quantizers.base import HfQuantizer
 
-from ..nn import Linear4bit, Linear8bitLt
+from ..nn import Linear4bit, Linear8bitLt, Params4bit
 from ..quantize import find_targets, iter_quantized, quantize_linear
 from .checkpoint import StoredLayer, header_dtypes, stored_layers
 from .dequantize import dequantize_model
@@ -230,6 +231,8 @@ class KbitHfQuantizer(HfQuantizer):
         model.is_loaded_in_4bit = config.load_in_4bit
         model.is_loaded_in_8bit = config.load_in_8bit
         model.is_4bit_serializable = model.is_8bit_serializable = True
+        if config.load_in_4bit:  # transformers' own count imports bitsandbytes for 4-bit models
+            model.num_parameters = types.MethodType(num_parameters, model)
         # The deserializing conversion must not be reversed on save: kbit layers already write
         # their state dicts in the checkpoint format.
         conversions = getattr(model, "_weight_conversions", None)
@@ -254,6 +257,21 @@ class KbitHfQuantizer(HfQuantizer):
     @property
     def is_compileable(self) -> bool:
         return True
+
+
+def num_parameters(model: nn.Module, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+    """PreTrainedModel.num_parameters for a kbit 4-bit model: the count transformers gives a
+    bitsandbytes one (a packed weight of n bytes holds 2n parameters), without needing bitsandbytes.
+    Trainer calls it when it starts training."""
+    skip = set()
+    if exclude_embeddings:
+        skip = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    total = 0
+    for name, param in model.named_parameters():
+        if name in skip or (only_trainable and not param.requires_grad):
+            continue
+        total += param.numel() * 2 * param.element_size() if isinstance(param, Params4bit) else param.numel()
+    return total
 
 
 def _meta_layer(linear: nn.Linear, info: StoredLayer, config: QuantConfig) -> nn.Module:
