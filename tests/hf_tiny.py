@@ -19,7 +19,7 @@ PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 def tiny_config(layers: int = 2) -> LlamaConfig:
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128,
+                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=256,
                       tie_word_embeddings=False)
     cfg._attn_implementation = "sdpa"
     return cfg

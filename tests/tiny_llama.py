@@ -1,15 +1,16 @@
-"""A tiny random-weight Llama quantized by kbit, shared by the compile tests (CPU and CUDA)."""
+"""A tiny random-weight Llama (hf_tiny's shape) quantized by kbit, shared by the compile tests (CPU and
+CUDA)."""
 
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import kbit
+from hf_tiny import VOCAB, tiny_config
 
 LAYERS = 2
 LINEARS_PER_LAYER = 7  # q, k, v, o, gate, up, down; lm_head stays in float
-VOCAB = 128
 QUANT = {
     "4bit": dict(load_in_4bit=True, quant_type="nf4", double_quant=True),
     "8bit": dict(load_in_8bit=True, llm_int8_threshold=6.0),
@@ -20,13 +21,9 @@ OP = {"4bit": torch.ops.kbit.linear_4bit.default, "8bit": torch.ops.kbit.linear_
 def tiny_llama(bits: str | None, dtype=torch.float32, device="cpu", seed=0) -> LlamaForCausalLM:
     """A 2-layer Llama (hidden 64, GQA 4/2 heads) in eval mode, quantized with QUANT[bits] unless
     bits is None. Never stops generating early (no eos), so outputs have a fixed length."""
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=256,
-                      tie_word_embeddings=False)
-    cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     with torch.device(device):
-        model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
+        model = LlamaForCausalLM._from_config(tiny_config(LAYERS), dtype=dtype)
     if bits is not None:
         kbit.quantize_model(model, kbit.QuantConfig(compute_dtype=dtype, **QUANT[bits]))
     model.eval()
