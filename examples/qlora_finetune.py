@@ -10,6 +10,9 @@ adapters on all seven Linear projections of every layer, gradient checkpointing,
     # seconds on a CPU: a tiny random Llama (what the tests run)
     python examples/qlora_finetune.py --tiny
 
+The optimizer is kbit's paged 8-bit AdamW by default (--optim picks another): transformers' `optim=`
+names are a closed list, so it reaches Trainer through `optimizer_cls_and_kwargs`.
+
 Afterwards the adapter is in OUTPUT/adapter (reload it with peft.PeftModel.from_pretrained on a
 kbit-loaded base); --merge also writes OUTPUT/merged, the adapter merged into a float model.
 """
@@ -30,6 +33,13 @@ from kbit.integrations import peft as kbit_peft
 from kbit.integrations.transformers import attach_quantizer
 from kbit.quantize import find_targets, quantize_linear
 
+# --optim: the names QLoRA scripts pass to transformers' `optim=`, here served by kbit.optim.
+OPTIMIZERS = {
+    "paged_adamw_8bit": kbit.optim.PagedAdamW8bit,
+    "adamw_8bit": kbit.optim.AdamW8bit,
+    "paged_adamw_32bit": kbit.optim.PagedAdamW,
+    "adamw_torch": torch.optim.AdamW,
+}
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -53,6 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--optim", choices=sorted(OPTIMIZERS), default="paged_adamw_8bit")
     p.add_argument("--r", type=int, default=16)
     p.add_argument("--alpha", type=int, default=32)
     p.add_argument("--dropout", type=float, default=0.05)
@@ -174,10 +185,11 @@ def main(argv=None) -> dict:
         output_dir=args.output, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, lr_scheduler_type="constant",
         warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[], bf16=on_gpu, use_cpu=not on_gpu,
-        gradient_checkpointing=True, gradient_checkpointing_kwargs=gc_kwargs, optim="adamw_torch",
+        gradient_checkpointing=True, gradient_checkpointing_kwargs=gc_kwargs,
         remove_unused_columns=False, dataloader_pin_memory=False, seed=args.seed, disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=training, train_dataset=dataset(args, model.config.vocab_size))
+    trainer = Trainer(model=model, args=training, train_dataset=dataset(args, model.config.vocab_size),
+                      optimizer_cls_and_kwargs=(OPTIMIZERS[args.optim], {"lr": args.lr}))
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     result = trainer.train()
@@ -190,6 +202,8 @@ def main(argv=None) -> dict:
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "trainable_params": trainable,
+        "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
+                          else trainer.optimizer).__name__,
         "footprint_bytes": kbit.get_memory_footprint(model),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if on_gpu else None,
         "adapter": f"{args.output}/adapter",

@@ -28,6 +28,7 @@ def test_qlora_example_tiny(tmp_path):
     summary = example.main(["--tiny", "--steps", "4", "--lr", "1e-2", "--output", str(out), "--merge"])
     assert summary["last_loss"] < summary["first_loss"], summary
     assert summary["trainable_params"] > 0
+    assert summary["optimizer"] == "PagedAdamW8bit"  # kbit's, through Trainer(optimizer_cls_and_kwargs=...)
     # The adapter reloads onto the same (seeded) quantized base and changes its outputs.
     config = example.llama_config("tiny")
     base = example.random_quantized_llama(config, "cpu")

@@ -316,3 +316,13 @@ def test_hf_trainer_with_kbit_optimizer(tmp_path):
                           else trainer.optimizer, KO.adam._Adam)
         assert np.isfinite(out.training_loss)
     del transformers
+
+
+def test_reachable_as_kbit_optim_after_import_kbit():
+    # As with bitsandbytes.optim: scripts write `import kbit` then `kbit.optim.PagedAdamW8bit`.
+    import subprocess
+    import sys
+
+    code = "import kbit; print(kbit.optim.PagedAdamW8bit.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "PagedAdamW8bit"

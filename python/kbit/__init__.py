@@ -4,7 +4,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _ops, functional  # noqa: F401
 from .quant_state import QuantState  # noqa: F401
-from . import nn  # noqa: F401
+from . import nn, optim  # noqa: F401
 from .config import QuantConfig  # noqa: F401
 from .memory import estimate_footprint, get_memory_footprint  # noqa: F401
 from .quantize import quantize_model  # noqa: F401
