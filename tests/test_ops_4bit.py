@@ -142,6 +142,22 @@ def test_linear_4bit_matches_dequantized_matmul(M, dtype, double_quant):
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_4bit_many_rows_spans_several_slabs(dtype):
+    # Enough rows of A for the slab path, and K odd with ~4 MB slabs of 255 or 511 rows: later slabs
+    # start mid-byte and mid-block.
+    N, K, M = 600, 4097, 40
+    W = torch.randn(N, K)
+    packed, state = F.quantize_4bit(W, blocksize=64, double_quant=True)
+    A = torch.randn(M, K).to(dtype)
+    bias = torch.randn(N).to(dtype)
+    out = F.linear_4bit(A, packed, state, bias)
+    ref = A.float() @ dequantized_weight(packed, state).t() + bias.float()
+    assert out.dtype == dtype and out.shape == (M, N)
+    err = ((out.float() - ref).norm() / ref.norm()).item()
+    assert err < {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}[dtype], err
+
+
 def test_linear_4bit_odd_shapes_and_empty():
     for N, K in [(1, 1), (7, 33), (5, 3)]:
         W = torch.randn(N, K)

@@ -1,7 +1,11 @@
 // CPU registration of linear_4bit: C = A @ dequant(W)^T + bias for a 4-bit blockwise weight.
-// Small M uses the core kernel, which streams the packed weight once; large M dequantizes W once
-// and hands the product to torch's BLAS, which wins when the weight is reused across many rows.
+// Small M uses the core kernel, which streams the packed weight once; large M dequantizes W a slab
+// of rows at a time and hands each slab to torch's matmul, which wins when the weight is reused
+// across many rows.
+#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
 
 #include "core/blockwise_4bit.h"
 #include "core/blockwise_8bit.h"
@@ -12,7 +16,11 @@
 namespace kbit::ops {
 namespace {
 
-constexpr int64_t kMaxRowsForStreamingKernel = 16;
+// Up to how many rows of A the streaming kernel beats dequantized slabs + torch's matmul, measured
+// on the 2-core AVX-512 development machine (benchmarks/RESULTS.md): bfloat16 slabs use torch's
+// fast bfloat16 matmul, so they win from 2 rows; float16/float32 slabs compute in float32.
+int64_t max_rows_for_streaming(at::ScalarType dtype) { return dtype == at::kBFloat16 ? 1 : 8; }
+constexpr int64_t kSlabBytes = 4 << 20;  // one dequantized slab of W: stays in the cores' caches
 
 // The float32 per-block absmax, decoding double quantization (FORMAT.md) when absmax is uint8.
 at::Tensor float_absmax(const at::Tensor& absmax, const c10::optional<at::Tensor>& nested_absmax,
@@ -38,6 +46,42 @@ at::Tensor float_absmax(const at::Tensor& absmax, const c10::optional<at::Tensor
   core::dequantize_blockwise<float>(q.data_ptr<uint8_t>(), na.data_ptr<float>(), nc.data_ptr<float>(), n,
                                     nested_blocksize, out.data_ptr<float>());
   return out.add_(nested_offset->to(at::kFloat).reshape({}));
+}
+
+// Elements [begin, begin + n) of the flat dequantized weight into out (float32 or bfloat16), in parallel.
+void dequantize_elements(at::ScalarType dtype, const uint8_t* packed, const float* absmax, int64_t begin,
+                         int64_t n, int64_t blocksize, core::QuantType type, void* out) {
+  dispatch_float(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    at::parallel_for(0, n, int64_t(1) << 16, [&](int64_t b, int64_t e) {
+      core::dequantize_4bit_range<T>(packed, absmax, begin + b, begin + e, blocksize, type,
+                                     static_cast<T*>(out) + b);
+    });
+  });
+}
+
+// Large M: W is dequantized kSlabBytes of rows at a time into one reused buffer (never whole: an
+// 8B model's largest layer would be a 235 MB float32 copy) and each slab goes through torch's matmul
+// into its columns of the output. bfloat16 computes in bfloat16 (the dequantized values rounded to
+// bfloat16 first, as the CUDA path does; torch's CPU bfloat16 matmul is fast); float16 and float32
+// compute in float32 (torch's CPU float16 matmul is slow).
+at::Tensor linear_slabs(const at::Tensor& A2, const uint8_t* packed, const float* absmax, int64_t N, int64_t K,
+                        int64_t blocksize, core::QuantType type, const at::Tensor& bias) {
+  const auto compute = A2.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  auto out = at::empty({A2.size(0), N}, A2.options());
+  if (N == 0) return out;
+  const auto a = A2.to(compute);
+  const auto b = bias.defined() ? bias.to(compute) : bias;
+  const int64_t row_bytes = std::max<int64_t>(1, K * int64_t(c10::elementSize(compute)));
+  const int64_t rows = std::min(N, std::max<int64_t>(1, kSlabBytes / row_bytes));
+  auto slab = at::empty({rows, K}, a.options());
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    const int64_t r = std::min(rows, N - n0);
+    auto w = slab.narrow(0, 0, r);
+    dequantize_elements(compute, packed, absmax, n0 * K, r * K, blocksize, type, w.data_ptr());
+    out.narrow(1, n0, r).copy_(b.defined() ? at::addmm(b.narrow(0, n0, r), a, w.t()) : at::mm(a, w.t()));
+  }
+  return out;
 }
 
 at::Tensor linear_4bit_cpu(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,
@@ -77,7 +121,7 @@ at::Tensor linear_4bit_cpu(const at::Tensor& A, const at::Tensor& packed, const 
   const int64_t M = c10::multiply_integers(A.sizes().slice(0, A.dim() - 1));
   auto a = A.contiguous();
 
-  if (M <= kMaxRowsForStreamingKernel) {
+  if (M <= max_rows_for_streaming(A.scalar_type())) {
     auto out = at::empty(out_sizes, A.options());
     dispatch_float(A.scalar_type(), [&](auto tag) {
       using T = typename decltype(tag)::type;
@@ -86,12 +130,9 @@ at::Tensor linear_4bit_cpu(const at::Tensor& A, const at::Tensor& packed, const 
     });
     return out;
   }
-  auto W = at::empty({N, K}, A.options().dtype(at::kFloat));
-  core::dequantize_4bit<float>(bytes.data_ptr<uint8_t>(), am.data_ptr<float>(), N * K, blocksize, type,
-                               W.data_ptr<float>());
-  auto a2 = a.reshape({M, K}).to(at::kFloat);
-  auto out = b.defined() ? at::addmm(b.to(at::kFloat), a2, W.t()) : at::mm(a2, W.t());
-  return out.to(A.scalar_type()).reshape(out_sizes);
+  return linear_slabs(a.reshape({M, K}), bytes.data_ptr<uint8_t>(), am.data_ptr<float>(), N, K, blocksize, type,
+                      b)
+      .reshape(out_sizes);
 }
 
 }  // namespace

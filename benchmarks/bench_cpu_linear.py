@@ -1,0 +1,54 @@
+"""CPU linear_4bit (NF4 + double quant, blocksize 64) beside torch's dense linear in the same dtype,
+same process and data, by rows of A (tokens).
+
+    python benchmarks/bench_cpu_linear.py [--shapes 4096x4096,14336x4096] [--tokens 1,2,8,16,64,256]
+
+Prints one markdown row per shape, dtype and token count: median ms of kbit and of torch, and the
+ratio (above 1: kbit faster)."""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import kbit.functional as F
+
+
+def median_ms(fn, repeat):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--shapes", default="4096x4096,14336x4096")
+    p.add_argument("--tokens", default="1,2,8,16,64,256")
+    p.add_argument("--dtypes", default="bfloat16,float16,float32")
+    p.add_argument("--repeat", type=int, default=7)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print("| shape (out x in) | dtype | tokens | kbit ms | torch dense ms | kbit vs dense |")
+    print("|---|---|---|---|---|---|")
+    for shape in args.shapes.split(","):
+        N, K = (int(v) for v in shape.split("x"))
+        W = torch.randn(N, K) * 0.02
+        packed, state = F.quantize_4bit(W, blocksize=64, double_quant=True)
+        for dname in args.dtypes.split(","):
+            dtype = getattr(torch, dname)
+            dense = W.to(dtype)
+            for M in (int(t) for t in args.tokens.split(",")):
+                A = torch.randn(M, K).to(dtype)
+                kb = median_ms(lambda: F.linear_4bit(A, packed, state), args.repeat)
+                dn = median_ms(lambda: torch.nn.functional.linear(A, dense), args.repeat)
+                print(f"| {shape} | {dname} | {M} | {kb:.2f} | {dn:.2f} | {dn / kb:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
