@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/blockwise_4bit.h"
+#include "core/gemm_4bit_avx512.h"
 #include "core/parallel.h"
 
 namespace kbit::core {
@@ -101,6 +102,8 @@ template <typename T>
 void gemm_4bit(const T* A, const uint8_t* packed, const float* absmax, const T* bias, int64_t M,
                int64_t N, int64_t K, int64_t blocksize, QuantType type, T* C) {
   if (M <= 0 || N <= 0) return;
+  if (gemm_4bit_avx512_applies(K, blocksize))
+    return gemm_4bit_avx512<T>(A, packed, absmax, bias, M, N, K, blocksize, type, C);
   const int64_t tiles = (N + kTileN - 1) / kTileN;
   const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, kTileN * K * M));
   parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {

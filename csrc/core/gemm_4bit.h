@@ -6,7 +6,8 @@
 // buffer and dots them with every row of A, so W is read once for any M. Products and sums are
 // float32 in a fixed order (independent of the thread count and of the other rows of A); bias is
 // added in float32, then the result is cast to T. A is (M, K), C is (M, N), bias (N,) or null, all
-// of T.
+// of T. On AVX-512 CPUs, when K and blocksize are multiples of 16, gemm_4bit_avx512.h's kernel runs
+// instead (same conventions, its own fixed summation order).
 #pragma once
 #include <cstdint>
 

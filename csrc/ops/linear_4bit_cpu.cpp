@@ -10,6 +10,7 @@
 #include "core/blockwise_4bit.h"
 #include "core/blockwise_8bit.h"
 #include "core/gemm_4bit.h"
+#include "core/gemm_4bit_avx512.h"
 #include "ops/checks.h"
 #include "ops/dispatch.h"
 
@@ -17,9 +18,14 @@ namespace kbit::ops {
 namespace {
 
 // Up to how many rows of A the streaming kernel beats dequantized slabs + torch's matmul, measured
-// on the 2-core AVX-512 development machine (benchmarks/RESULTS.md): bfloat16 slabs use torch's
-// fast bfloat16 matmul, so they win from 2 rows; float16/float32 slabs compute in float32.
-int64_t max_rows_for_streaming(at::ScalarType dtype) { return dtype == at::kBFloat16 ? 1 : 8; }
+// on the 2-core AVX-512 development machine (benchmarks/RESULTS.md) for both of the core's kernels.
+// bfloat16 slabs use torch's fast bfloat16 matmul, so they win earlier; float16/float32 slabs
+// compute in float32.
+int64_t max_rows_for_streaming(at::ScalarType dtype, int64_t K, int64_t blocksize) {
+  const bool bf16 = dtype == at::kBFloat16;
+  if (core::gemm_4bit_avx512_applies(K, blocksize)) return bf16 ? 8 : 16;
+  return bf16 ? 1 : 8;
+}
 constexpr int64_t kSlabBytes = 4 << 20;  // one dequantized slab of W: stays in the cores' caches
 
 // The float32 per-block absmax, decoding double quantization (FORMAT.md) when absmax is uint8.
@@ -121,7 +127,7 @@ at::Tensor linear_4bit_cpu(const at::Tensor& A, const at::Tensor& packed, const 
   const int64_t M = c10::multiply_integers(A.sizes().slice(0, A.dim() - 1));
   auto a = A.contiguous();
 
-  if (M <= max_rows_for_streaming(A.scalar_type())) {
+  if (M <= max_rows_for_streaming(A.scalar_type(), K, blocksize)) {
     auto out = at::empty(out_sizes, A.options());
     dispatch_float(A.scalar_type(), [&](auto tag) {
       using T = typename decltype(tag)::type;

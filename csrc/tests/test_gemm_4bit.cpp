@@ -87,9 +87,13 @@ TEST(Gemm4bitConventions, EmptyKGivesBiasAndThreadsAgree) {
   for (size_t i = 0; i < C1.size(); ++i) ASSERT_EQ(C1[i].bits, C2[i].bits) << i;
 }
 
-// A row's result does not depend on the other rows of the batch (same summation order).
-TEST(Gemm4bitConventions, RowsAreBatchInvariant) {
-  const int64_t M = 7, N = 21, K = 203, bs = 64;
+// A row's result does not depend on the other rows of the batch (same summation order); K = 203
+// takes the portable kernel, K = 256 the AVX-512 one where the CPU has it (M = 11: two passes).
+class Gemm4bitBatch : public ::testing::TestWithParam<int64_t> {};
+INSTANTIATE_TEST_SUITE_P(K, Gemm4bitBatch, ::testing::Values(203, 256));
+
+TEST_P(Gemm4bitBatch, RowsAreBatchInvariant) {
+  const int64_t M = 11, N = 21, K = GetParam(), bs = 64;
   const auto W = testing::random_normal(N * K, 8);
   std::vector<uint8_t> packed((N * K + 1) / 2);
   std::vector<float> absmax((N * K + bs - 1) / bs);
