@@ -95,6 +95,21 @@ def test_int8_linear_exact_integer_product(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_linear_torch_gemm_path_matches_core_kernel_bitwise(dtype):
+    # Rows shorter than 2^17 go through torch's int8 GEMM, longer ones through kbit's own kernel;
+    # padding K with zero columns leaves every sum unchanged, so both must give the same bits.
+    M, N, K = 3, 5, (1 << 17) - 64
+    Aq = torch.randint(-127, 128, (M, K), dtype=torch.int8)
+    Wq = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    a_stats, w_stats, bias = torch.rand(M) * 3, torch.rand(N) * 2, torch.randn(N)
+    pad = torch.zeros(M, 64, dtype=torch.int8), torch.zeros(N, 64, dtype=torch.int8)
+    fast = torch.ops.kbit.int8_linear(Aq, Wq, a_stats, w_stats, bias, dtype)
+    core = torch.ops.kbit.int8_linear(torch.cat([Aq, pad[0]], 1), torch.cat([Wq, pad[1]], 1), a_stats, w_stats,
+                                      bias, dtype)
+    assert torch.equal(fast, core)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
 def test_linear_8bit_close_to_float(dtype, threshold):
     M, N, K = 12, 40, 96

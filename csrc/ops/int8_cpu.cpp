@@ -13,6 +13,18 @@
 namespace kbit::ops {
 namespace {
 
+// The int8 product through torch's int8 GEMM (oneDNN; VNNI where the CPU has it), then LLM.int8()'s
+// dequantization as core::int8_linear does it: float(sum) * (a_stats[m] * w_stats[n]) / 127^2, each
+// step rounded in float32 - the same bits as the core kernel, 3-8x faster (benchmarks/RESULTS.md).
+// int32 sums are exact while K * 127^2 < 2^31; longer rows (and empty shapes) use the core kernel.
+bool torch_int8_mm_applies(int64_t M, int64_t N, int64_t K) { return M > 0 && N > 0 && K > 0 && K < (1 << 17); }
+
+at::Tensor int8_mm_dequant(const at::Tensor& q, const at::Tensor& w, const at::Tensor& a_stats,
+                           const at::Tensor& w_stats) {
+  constexpr float kInv127Sq = 1.0f / (127.0f * 127.0f);
+  return at::_int_mm(q, w.t()).to(at::kFloat).mul_(at::outer(a_stats, w_stats)).mul_(kInv127Sq);
+}
+
 std::vector<uint8_t> outlier_mask(const at::Tensor& a, int64_t rows, int64_t cols, double threshold) {
   std::vector<uint8_t> mask(cols, 0);
   if (threshold > 0 && rows > 0) {
@@ -59,8 +71,13 @@ at::Tensor int8_linear_cpu(const at::Tensor& A_q, const at::Tensor& W_q, const a
   TORCH_CHECK_VALUE(a_stats.numel() == M, "kbit: a_stats has ", a_stats.numel(), " values but A_q has ", M,
                     " rows");
   auto b = checked_bias(bias, N, dtype, A_q);
-  auto out = at::empty(out_shape(A_q, N), A_q.options().dtype(dtype));
   auto a = A_q.contiguous(), w = W_q.contiguous(), as = a_stats.contiguous(), ws = w_stats.contiguous();
+  if (torch_int8_mm_applies(M, N, K)) {
+    auto out = int8_mm_dequant(a.reshape({M, K}), w, as.reshape({M}), ws.reshape({N}));
+    if (b.defined()) out.add_(b.to(at::kFloat));  // the bias in float32, as the core adds it
+    return out.to(dtype).reshape(out_shape(A_q, N));
+  }
+  auto out = at::empty(out_shape(A_q, N), A_q.options().dtype(dtype));
   dispatch_float(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     core::int8_linear<T>(a.data_ptr<int8_t>(), w.data_ptr<int8_t>(), as.data_ptr<float>(), ws.data_ptr<float>(),
@@ -90,8 +107,11 @@ at::Tensor linear_8bit_cpu(const at::Tensor& A, const at::Tensor& W_q, const at:
                                      row_stats.data_ptr<float>());
     });
     auto w = W_q.contiguous(), ws = w_stats.contiguous();
-    core::int8_linear<float>(q.data_ptr<int8_t>(), w.data_ptr<int8_t>(), row_stats.data_ptr<float>(),
-                             ws.data_ptr<float>(), nullptr, M, N, K, out.data_ptr<float>());
+    if (torch_int8_mm_applies(M, N, K))
+      out = int8_mm_dequant(q, w, row_stats, ws.reshape({N}));
+    else
+      core::int8_linear<float>(q.data_ptr<int8_t>(), w.data_ptr<int8_t>(), row_stats.data_ptr<float>(),
+                               ws.data_ptr<float>(), nullptr, M, N, K, out.data_ptr<float>());
     std::vector<int64_t> idx;
     for (int64_t c = 0; c < K; ++c)
       if (mask[c]) idx.push_back(c);
