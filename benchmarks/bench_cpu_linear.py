@@ -8,22 +8,15 @@ Prints one markdown row per shape, dtype and token count: median ms of kbit NF4,
 torch, and the ratios (above 1: kbit faster)."""
 
 import argparse
-import statistics
-import time
+import os
+import sys
 
 import torch
 
 import kbit.functional as F
 
-
-def median_ms(fn, repeat):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cpu_ops import median_ms  # noqa: E402
 
 
 def main():

@@ -18,6 +18,7 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 import kbit  # noqa: E402,F401  (registers torch.ops.kbit)
+from blocks import padded_blocks  # noqa: E402
 
 ops = torch.ops.kbit
 DEV = "cuda"
@@ -70,13 +71,7 @@ def encode4(x, quant_type):
 
 
 def ref_quantize_4bit(A, blocksize, quant_type):
-    flat = A.detach().reshape(-1).float().cpu()
-    n = flat.numel()
-    nb = -(-n // blocksize)
-    blocks = torch.zeros(nb * blocksize)
-    blocks[:n] = flat
-    blocks = blocks.view(nb, blocksize)
-    absmax = blocks.abs().amax(1)
+    blocks, absmax, n = padded_blocks(A, blocksize)
     # Scaled by the float32 reciprocal, like bitsandbytes; the pad element of an odd count is 0.0.
     scaled = blocks * (1.0 / absmax)[:, None]
     idx = encode4(scaled, quant_type).reshape(-1)[: n + (n % 2)]
@@ -124,13 +119,7 @@ def ref_search_8bit(code, x):
 
 
 def ref_quantize_blockwise(A, code, blocksize):
-    flat = A.detach().reshape(-1).float().cpu()
-    n = flat.numel()
-    nb = -(-n // blocksize)
-    blocks = torch.zeros(nb * blocksize)
-    blocks[:n] = flat
-    blocks = blocks.view(nb, blocksize)
-    absmax = blocks.abs().amax(1)
+    blocks, absmax, n = padded_blocks(A, blocksize)
     x = (blocks * (1.0 / absmax)[:, None]).reshape(-1)[:n]
     return ref_search_8bit(code.float().cpu(), x).to(torch.uint8).reshape(A.shape), absmax
 

@@ -14,6 +14,8 @@ import kbit.optim as KO
 from kbit.optim import _ops, paged
 from kbit.optim.qmaps import state_codes
 
+from optim_training import problem, rel_dist, train
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 ops = torch.ops.kbit
 
@@ -83,47 +85,23 @@ def test_cpu_tensors_mixed_with_cuda_rejected():
 
 
 # ---- optimizers ------------------------------------------------------------------------------
-def _problem():
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.GELU(), torch.nn.Linear(512, 64)).cuda()
-    X = torch.randn(256, 64, device="cuda")
-    Y = torch.tanh(X @ (torch.randn(64, 64, device="cuda") / 8))
-    return model, X, Y
-
-
-def _train(model, X, Y, opt, steps):
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(X), Y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
-def _rel_dist(a, b):
-    num = sum((x - y).norm() ** 2 for x, y in zip(a.parameters(), b.parameters())) ** 0.5
-    return (num / sum(x.norm() ** 2 for x in a.parameters()) ** 0.5).item()
-
-
 @pytest.mark.parametrize("cls", [KO.AdamW8bit, KO.PagedAdamW8bit, KO.PagedAdamW])
 def test_optimizer_tracks_torch_on_cuda(cls):
-    model, X, Y = _problem()
+    model, X, Y = problem("cuda", hidden=512)
     start, twin = copy.deepcopy(model), copy.deepcopy(model)
-    ref = _train(model, X, Y, torch.optim.AdamW(model.parameters(), lr=2e-3), 150)
-    got = _train(twin, X, Y, cls(twin.parameters(), lr=2e-3), 150)
+    ref = train(model, X, Y, torch.optim.AdamW(model.parameters(), lr=2e-3), 150)
+    got = train(twin, X, Y, cls(twin.parameters(), lr=2e-3), 150)
     eight = cls is not KO.PagedAdamW
     assert np.max(np.abs(np.array(got) - ref)) <= (5e-3 if eight else 1e-5) * ref[0]
-    assert _rel_dist(model, twin) <= (0.08 if eight else 1e-4) * _rel_dist(model, start)
+    assert rel_dist(model, twin) <= (0.08 if eight else 1e-4) * rel_dist(model, start)
 
 
 def test_paged_states_are_managed_and_match_non_paged():
-    model, X, Y = _problem()
+    model, X, Y = problem("cuda", hidden=512)
     twin = copy.deepcopy(model)
     opt_p, opt_n = KO.PagedAdamW8bit(model.parameters()), KO.AdamW8bit(twin.parameters())
     big = model[2].weight  # 32768 elements: 8-bit but under the paging threshold
-    assert _train(model, X, Y, opt_p, 3) == _train(twin, X, Y, opt_n, 3)
+    assert train(model, X, Y, opt_p, 3) == train(twin, X, Y, opt_n, 3)
     assert not KO.is_paged(opt_p.state[big]["state1"])
 
     # A state past the paging threshold lives in managed memory; evicted to the host, it is
@@ -173,11 +151,11 @@ def test_paged_op_refuses_more_than_free_in_a_subprocess():
 
 @pytest.mark.parametrize("cls", [KO.AdamW8bit, KO.PagedAdamW8bit, KO.PagedAdamW])
 def test_state_dict_round_trip_on_cuda(cls):
-    model, X, Y = _problem()
+    model, X, Y = problem("cuda", hidden=512)
     model = model.to(torch.bfloat16)
     X, Y = X.bfloat16(), Y.bfloat16()
     opt = cls(model.parameters(), lr=1e-3, **({"min_8bit_size": 256} if cls is not KO.PagedAdamW else {}))
-    _train(model, X, Y, opt, 3)
+    train(model, X, Y, opt, 3)
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
     buf.seek(0)
@@ -190,6 +168,6 @@ def test_state_dict_round_trip_on_cuda(cls):
         s = opt2.state[p2]
         assert s["state1"].device.type == "cuda"
         assert s["state1"].dtype in (torch.uint8, torch.float32)
-    assert _train(model, X, Y, opt, 3) == _train(model2, X, Y, opt2, 3)
+    assert train(model, X, Y, opt, 3) == train(model2, X, Y, opt2, 3)
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)

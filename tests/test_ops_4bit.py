@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import kbit.functional as F
+from blocks import padded_blocks
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -11,13 +12,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 def reference_quantize_4bit(A, blocksize, quant_type):
     """FORMAT.md written out in PyTorch: nearest code value per element, high nibble first."""
     code = F.code_4bit(quant_type)
-    flat = A.flatten().float()
-    n = flat.numel()
-    nblocks = -(-n // blocksize)
-    padded = torch.zeros(nblocks * blocksize)
-    padded[:n] = flat
-    blocks = padded.view(nblocks, blocksize)
-    absmax = blocks.abs().amax(1)
+    blocks, absmax, n = padded_blocks(A, blocksize)
     scaled = (blocks / absmax.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(1)).clamp(-1, 1)
     idx = (scaled.unsqueeze(-1) - code).abs().argmin(-1).flatten()[:n].to(torch.uint8)
     if n % 2:

@@ -14,6 +14,7 @@ from kbit.optim import _ops
 from kbit.optim.qmaps import dynamic_map, state_codes
 
 import optim_reference as ref
+from optim_training import problem, rel_dist, train
 
 ops = torch.ops.kbit
 
@@ -130,60 +131,34 @@ def test_opcheck_update_ops():
 
 
 # ---- the optimizers on a small regression ----------------------------------------------------
-def _problem(seed=1):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
-    X = torch.randn(256, 64)
-    Y = torch.tanh(X @ (torch.randn(64, 64) / 8))
-    return model, X, Y
-
-
-def _train(model, X, Y, opt, steps, sched=None):
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(X), Y)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        losses.append(loss.item())
-    return losses
-
-
-def _rel_dist(a, b):
-    num = sum((x - y).norm() ** 2 for x, y in zip(a.parameters(), b.parameters())) ** 0.5
-    return (num / sum(x.norm() ** 2 for x in a.parameters()) ** 0.5).item()
-
-
 @pytest.mark.parametrize("cls,torch_cls", [(KO.AdamW8bit, torch.optim.AdamW),
                                            (KO.PagedAdamW8bit, torch.optim.AdamW),
                                            (KO.Adam8bit, torch.optim.Adam),
                                            (KO.PagedAdamW, torch.optim.AdamW)])
 def test_optimizer_tracks_torch(cls, torch_cls):
-    model, X, Y = _problem()
+    model, X, Y = problem()
     start = copy.deepcopy(model)
     twin = copy.deepcopy(model)
-    ref_losses = _train(model, X, Y, torch_cls(model.parameters(), lr=2e-3, weight_decay=0.01), 150)
-    losses = _train(twin, X, Y, cls(twin.parameters(), lr=2e-3, weight_decay=0.01), 150)
+    ref_losses = train(model, X, Y, torch_cls(model.parameters(), lr=2e-3, weight_decay=0.01), 150)
+    losses = train(twin, X, Y, cls(twin.parameters(), lr=2e-3, weight_decay=0.01), 150)
     assert losses[-1] < 0.5 * losses[0]  # it trains
     # 8-bit states: the loss curve stays within 0.5% of the initial loss of torch's, and the weights
     # within 8% of the distance training moved them (measured 0.13-0.22% and 3.6-5.9%; exp_avg_sq on
     # the signed map instead of the unsigned one gives 9.5%). 32-bit states: float32 rounding only.
     eight = cls is not KO.PagedAdamW
     assert np.max(np.abs(np.array(losses) - ref_losses)) <= (5e-3 if eight else 1e-6) * ref_losses[0]
-    assert _rel_dist(model, twin) <= (0.08 if eight else 1e-5) * _rel_dist(model, start)
+    assert rel_dist(model, twin) <= (0.08 if eight else 1e-5) * rel_dist(model, start)
 
 
 def test_8bit_states_are_8bit_and_small_tensors_stay_32bit():
-    model, X, Y = _problem()
+    model, X, Y = problem()
     opt = KO.AdamW8bit(model.parameters(), min_8bit_size=4096)
-    _train(model, X, Y, opt, 1)
+    train(model, X, Y, opt, 1)
     w, b = model[0].weight, model[0].bias  # 16384 and 256 elements
     assert opt.state[w]["state1"].dtype == torch.uint8 and opt.state[w]["absmax1"].numel() == 64
     assert opt.state[b]["state1"].dtype == torch.float32 and "absmax1" not in opt.state[b]
     opt2 = KO.AdamW8bit(model.parameters(), min_8bit_size=100)
-    _train(model, X, Y, opt2, 1)
+    train(model, X, Y, opt2, 1)
     assert opt2.state[b]["state1"].dtype == torch.uint8
 
 
@@ -204,12 +179,12 @@ def test_stable_embedding_keeps_32bit_state():
 
 
 def test_param_groups_scheduler_and_zero_grad():
-    model, X, Y = _problem()
+    model, X, Y = problem()
     opt = KO.AdamW8bit([{"params": model[0].parameters(), "lr": 0.0},
                        {"params": model[2].parameters(), "lr": 1e-2, "weight_decay": 0.0}])
     frozen = [p.detach().clone() for p in model[0].parameters()]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
-    _train(model, X, Y, opt, 3, sched)
+    train(model, X, Y, opt, 3, sched)
     for a, b in zip(frozen, model[0].parameters()):
         assert torch.equal(a, b)  # lr 0 leaves the group untouched
     assert opt.param_groups[1]["lr"] == pytest.approx(1e-2 * 0.5**3)
@@ -220,12 +195,12 @@ def test_param_groups_scheduler_and_zero_grad():
 @pytest.mark.parametrize("cls", [KO.AdamW8bit, KO.PagedAdamW, KO.Adam8bit])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_state_dict_round_trip_continues_identically(cls, dtype):
-    model, X, Y = _problem()
+    model, X, Y = problem()
     model = model.to(dtype)
     X, Y = X.to(dtype), Y.to(dtype)
     opt = cls(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.5)
-    _train(model, X, Y, opt, 3, sched)
+    train(model, X, Y, opt, 3, sched)
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
     buf.seek(0)
@@ -242,17 +217,17 @@ def test_state_dict_round_trip_continues_identically(cls, dtype):
             if isinstance(v, torch.Tensor):
                 assert opt2.state[dict(zip(model.parameters(), model2.parameters()))[p]][k].dtype == v.dtype
 
-    la = _train(model, X, Y, opt, 4, sched)
-    lb = _train(model2, X, Y, opt2, 4, sched2)
+    la = train(model, X, Y, opt, 4, sched)
+    lb = train(model2, X, Y, opt2, 4, sched2)
     assert la == lb
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)
 
 
 def test_load_state_dict_rejects_mismatched_state():
-    model, X, Y = _problem()
+    model, X, Y = problem()
     opt = KO.AdamW8bit(model.parameters())
-    _train(model, X, Y, opt, 1)
+    train(model, X, Y, opt, 1)
     sd = opt.state_dict()
     sd["state"][0]["absmax1"] = torch.zeros(3)
     with pytest.raises(ValueError, match="absmax1"):
@@ -270,10 +245,10 @@ def test_constructor_rejects_bad_hyperparameters():
 
 
 def test_paged_on_cpu_is_plain():
-    model, X, Y = _problem()
+    model, X, Y = problem()
     twin = copy.deepcopy(model)
     opt_a, opt_b = KO.PagedAdamW8bit(model.parameters()), KO.AdamW8bit(twin.parameters())
-    assert _train(model, X, Y, opt_a, 3) == _train(twin, X, Y, opt_b, 3)
+    assert train(model, X, Y, opt_a, 3) == train(twin, X, Y, opt_b, 3)
     assert not any(KO.is_paged(s["state1"]) for s in opt_a.state.values())
 
 

@@ -1,6 +1,6 @@
-// Device helpers of the LLM.int8() kernels: element conversion, magnitudes as bit patterns,
-// programmatic dependent launch (PDL), a block-wide scan, and the outlier-column walk that the
-// epilogues share. Torch-free.
+// Device helpers of the LLM.int8() kernels (element conversion is common.cuh's): magnitudes as
+// bit patterns, programmatic dependent launch (PDL), a block-wide scan, and the outlier-column walk
+// that the epilogues share. Torch-free.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -8,24 +8,12 @@
 
 #include <cstdint>
 
+#include "cuda/common.cuh"  // to_f32 / from_f32
 #include "cuda/int8.cuh"
 
 namespace kbit::cuda::int8 {
 
 constexpr uint32_t kInfBits = 0x7f800000u;
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 // A[i] of a float tensor whose element type is known only at run time (outlier values: few).
 __device__ __forceinline__ float load_any(const void* A, int64_t i, int dtype) {

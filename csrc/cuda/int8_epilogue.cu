@@ -45,7 +45,7 @@ __device__ __forceinline__ void store4(TO* p, const float (&v)[4]) {
   } else {
     uint32_t h[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = bits16(from_float<TO>(v[i]));
+    for (int i = 0; i < 4; ++i) h[i] = bits16(from_f32<TO>(v[i]));
     *reinterpret_cast<uint2*>(p) = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
   }
 }

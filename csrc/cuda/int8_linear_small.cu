@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p
     float v = float(iacc[o]) * (p.a_stats[m] * p.w_stats[n]) * (1.0f / (127.0f * 127.0f));
     if (p.colmask) v += facc[o] * (p.w_stats[n] / 127.0f);
     if (p.bias) v += p.bias[n];
-    out[m * N + n] = from_float<TO>(v);
+    out[m * N + n] = from_f32<TO>(v);
   }
 }
 
@@ -265,7 +265,7 @@ __global__ void __launch_bounds__(kThreads) generic_kernel(const SmallParams p) 
   float v = float(acc) * (p.a_stats[m] * p.w_stats[n]) * (1.0f / (127.0f * 127.0f));
   if (p.colmask) v += facc * (p.w_stats[n] / 127.0f);
   if (p.bias) v += p.bias[n];
-  static_cast<TO*>(p.out)[m * p.N + n] = from_float<TO>(v);
+  static_cast<TO*>(p.out)[m * p.N + n] = from_f32<TO>(v);
 }
 
 // Programmatic dependent launch needs sm_90; KBIT_NO_PDL=1 turns it off (for A/B timing).

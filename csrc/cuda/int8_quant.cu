@@ -108,7 +108,7 @@ __device__ void mask_columns(const T* __restrict__ A, int64_t rows, int64_t cols
       if (c >= cols) break;
       bool hit = false;
       for (int64_t r = 0; r < rows; ++r) {
-        const uint32_t b = abs_bits(to_float(A[r * cols + c]));
+        const uint32_t b = abs_bits(to_f32(A[r * cols + c]));
         hit |= b >= thr && b <= kInfBits;
       }
       if (hit) atomicOr(&s_mask[ci >> 5], 1u << (ci & 31));
@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   } else {
     for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
-      const uint32_t b = abs_bits(to_float(a[c]));
+      const uint32_t b = abs_bits(to_f32(a[c]));
       m = max(m, b < thr ? b : 0u);
       if (mark && b >= thr && b <= kInfBits) set_bits(colmask + (c >> 5), 1u << (c & 31));
     }
@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(kThreads)
         *reinterpret_cast<uint32_t*>(qr + v * V) = lo;
     }
   } else {
-    for (int64_t c = threadIdx.x; c < cols; c += kThreads) qr[c] = quantize(to_float(a[c]), keep_below, scale);
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) qr[c] = quantize(to_f32(a[c]), keep_below, scale);
   }
 }
 

@@ -204,7 +204,9 @@ cudaError_t launch(const Linear4bitArgs& a, cudaStream_t stream) {
 // decode graph but up to 1.5x slower at 4..16 tokens, and deeper rings were no faster anywhere.
 template <typename T, int NT, bool DQ>
 cudaError_t pick(const Linear4bitArgs& a, cudaStream_t stream) {
-  return a.M == 1 ? launch<T, 8, NT, DQ, 1, 2>(a, stream) : launch<T, 8, NT, DQ, 1, 1>(a, stream);
+  if constexpr (NT == 1)  // only 1..8 tokens can be one token
+    if (a.M == 1) return launch<T, 8, NT, DQ, 1, 2>(a, stream);
+  return launch<T, 8, NT, DQ, 1, 1>(a, stream);
 }
 
 template <typename T>

@@ -7,17 +7,10 @@
 
 #include "cuda/blockwise_4bit.cuh"
 #include "ops/checks.h"
+#include "ops/cuda_launch.h"
 
 namespace kbit::ops {
 namespace {
-
-cuda::DType cuda_dtype(at::ScalarType s) {
-  return s == at::kFloat ? cuda::DType::F32 : s == at::kHalf ? cuda::DType::F16 : cuda::DType::BF16;
-}
-
-void check_launch(cudaError_t e, const char* what) {
-  TORCH_CHECK(e == cudaSuccess, "kbit: ", what, " CUDA launch failed: ", cudaGetErrorString(e));
-}
 
 std::tuple<at::Tensor, at::Tensor> quantize_4bit_cuda(const at::Tensor& A, int64_t blocksize,
                                                       c10::string_view quant_type,

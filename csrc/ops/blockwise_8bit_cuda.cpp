@@ -6,17 +6,10 @@
 
 #include "cuda/blockwise_8bit.cuh"
 #include "ops/checks.h"
+#include "ops/cuda_launch.h"
 
 namespace kbit::ops {
 namespace {
-
-cuda::DType cuda_dtype(at::ScalarType s) {
-  return s == at::kFloat ? cuda::DType::F32 : s == at::kHalf ? cuda::DType::F16 : cuda::DType::BF16;
-}
-
-void check_launch(cudaError_t e, const char* what) {
-  TORCH_CHECK(e == cudaSuccess, "kbit: ", what, " CUDA launch failed: ", cudaGetErrorString(e));
-}
 
 void check_code(const at::Tensor& code, const at::Tensor& ref, const char* ref_name) {
   check_dtype(code, at::kFloat, "code");

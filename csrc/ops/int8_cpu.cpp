@@ -95,8 +95,10 @@ at::Tensor linear_8bit_cpu(const at::Tensor& A, const at::Tensor& W_q, const at:
   auto b = checked_bias(bias, N, at::kFloat, A);
   auto a = A.contiguous();
   // int8 part in float32, then the 16-bit outlier product and bias added in float32, cast once.
-  auto out = at::zeros({M, N}, A.options().dtype(at::kFloat));
-  if (M > 0 && K > 0) {
+  at::Tensor out;
+  if (M == 0 || K == 0) {
+    out = at::zeros({M, N}, A.options().dtype(at::kFloat));
+  } else {
     const auto mask = outlier_mask(a, M, K, threshold);
     auto q = at::empty({M, K}, A.options().dtype(at::kChar));
     auto row_stats = at::empty({M}, A.options().dtype(at::kFloat));
@@ -107,11 +109,13 @@ at::Tensor linear_8bit_cpu(const at::Tensor& A, const at::Tensor& W_q, const at:
                                      row_stats.data_ptr<float>());
     });
     auto w = W_q.contiguous(), ws = w_stats.contiguous();
-    if (torch_int8_mm_applies(M, N, K))
+    if (torch_int8_mm_applies(M, N, K)) {
       out = int8_mm_dequant(q, w, row_stats, ws.reshape({N}));
-    else
+    } else {
+      out = at::empty({M, N}, A.options().dtype(at::kFloat));
       core::int8_linear<float>(q.data_ptr<int8_t>(), w.data_ptr<int8_t>(), row_stats.data_ptr<float>(),
                                ws.data_ptr<float>(), nullptr, M, N, K, out.data_ptr<float>());
+    }
     std::vector<int64_t> idx;
     for (int64_t c = 0; c < K; ++c)
       if (mask[c]) idx.push_back(c);

@@ -15,6 +15,7 @@
 
 #include "cuda/int8.cuh"
 #include "ops/checks.h"
+#include "ops/cuda_launch.h"
 #include "ops/int8_checks.h"
 
 namespace kbit::ops {
@@ -39,10 +40,6 @@ int dtype_code(at::ScalarType s) {
     default:
       TORCH_CHECK_TYPE(false, "kbit: expected float32, float16 or bfloat16; got ", s);
   }
-}
-
-void check_launch(cudaError_t e, const char* what) {
-  TORCH_CHECK(e == cudaSuccess, "kbit: CUDA kernel ", what, " failed: ", cudaGetErrorString(e));
 }
 
 void check_cuda(const at::Tensor& t, const char* what) {

@@ -17,17 +17,10 @@
 #include "cuda/blockwise_4bit.cuh"
 #include "cuda/linear_4bit.cuh"
 #include "ops/checks.h"
+#include "ops/cuda_launch.h"
 
 namespace kbit::ops {
 namespace {
-
-cuda::DType cuda_dtype(at::ScalarType s) {
-  return s == at::kFloat ? cuda::DType::F32 : s == at::kHalf ? cuda::DType::F16 : cuda::DType::BF16;
-}
-
-void check_launch(cudaError_t e, const char* what) {
-  TORCH_CHECK(e == cudaSuccess, "kbit: linear_4bit ", what, " CUDA launch failed: ", cudaGetErrorString(e));
-}
 
 enum class Path { Auto, Skinny, Tiled, Dequant };
 
@@ -93,7 +86,7 @@ at::Tensor linear_dequant(const at::Tensor& A2, const cuda::Linear4bitArgs& args
   auto W = at::empty({args.N, args.K}, A2.options());
   check_launch(cuda::dequantize_4bit(args.W, args.scales, args.N * args.K, args.blocksize, args.quant_type,
                                      W.data_ptr(), cuda_dtype(A2.scalar_type()), c10::cuda::getCurrentCUDAStream()),
-               "dequantize");
+               "linear_4bit dequantize");
   return bias ? at::addmm(*bias, A2, W.t()) : at::mm(A2, W.t());
 }
 
@@ -160,12 +153,13 @@ at::Tensor linear_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const
   auto out = at::empty({M, N}, A.options());
   args.C = out.data_ptr();
   if (path == Path::Skinny) {
-    check_launch(cuda::linear_4bit_skinny(args, stream), "skinny");
+    check_launch(cuda::linear_4bit_skinny(args, stream), "linear_4bit skinny");
   } else {
     const int splits = cuda::linear_4bit_tiled_splits(args);
     at::Tensor ws;
     if (splits > 1) ws = at::zeros({M, N}, A.options().dtype(at::kFloat));
-    check_launch(cuda::linear_4bit_tiled(args, splits, splits > 1 ? ws.data_ptr<float>() : nullptr, stream), "tiled");
+    check_launch(cuda::linear_4bit_tiled(args, splits, splits > 1 ? ws.data_ptr<float>() : nullptr, stream),
+                 "linear_4bit tiled");
   }
   return out.view(out_shape);
 }

@@ -5,14 +5,11 @@
 #include <torch/library.h>
 
 #include "cuda/optim_adam.cuh"
+#include "ops/cuda_launch.h"
 #include "ops/optim_common.h"
 
 namespace kbit::ops {
 namespace {
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "kbit: ", what, " failed to launch: ", cudaGetErrorString(err));
-}
 
 void optimizer_update_8bit_blockwise_cuda(c10::string_view name, const at::Tensor& p, const at::Tensor& g,
                                           const at::Tensor& state1, const at::Tensor& state2,
