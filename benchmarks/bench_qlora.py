@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--load-repeats", type=int, default=2)
     p.add_argument("--ckpt-dir", default="/tmp/kbit_bench_llama_bf16")
     p.add_argument("--json", help="append one JSON line per result to this file")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile one more step and print its N costliest ops by device time")
     args = p.parse_args(argv)
     args.contenders = [c for c in args.contenders.split(",") if c]
     for c in args.contenders:
@@ -134,6 +136,26 @@ def peak(device):
     return torch.cuda.max_memory_allocated() if device.type == "cuda" else None
 
 
+def step_once(model, opt, ids):
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def print_profile(contender: str, fn, top: int, device) -> None:
+    """One step under torch.profiler: where the device time goes, costliest ops first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(f"--- {contender}: one step, top {top} ops by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60))
+
+
 def train(contender: str, cfg, args) -> dict:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -164,6 +186,8 @@ def train(contender: str, cfg, args) -> dict:
         if step >= args.warmup:
             times.append(time.perf_counter() - t)
         losses.append(round(loss.item(), 4))
+    if args.profile:
+        print_profile(contender, lambda: step_once(model, opt, ids), args.profile, device)
     out = {
         "bench": "qlora_step", "contender": contender, "seq_len": args.seq_len, "batch": args.batch,
         "r": args.r, "layers": cfg.num_hidden_layers, "s_per_step": statistics.median(times),

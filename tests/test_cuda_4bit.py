@@ -4,7 +4,7 @@ plain-PyTorch reference of FORMAT.md written here, and bitsandbytes' own output 
 Quantization must give the same bytes everywhere; matmuls are compared with a float64 product of
 the float32-dequantized weight (the CUDA kernels round dequantized weights to the activation dtype,
 as bitsandbytes does, so the tolerance is that of 16-bit operands). Every linear path (skinny,
-tiled, dequantize + cuBLAS) is forced through KBIT_LINEAR4_PATH so each kernel is covered whatever
+tiled, wgmma on Hopper, dequantize + cuBLAS) is forced through KBIT_LINEAR4_PATH so each kernel is covered whatever
 the automatic choice is.
 """
 
@@ -361,7 +361,7 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-5}
 
 @pytest.mark.parametrize("dq", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("path", ["auto", "skinny", "tiled", "dequant"])
+@pytest.mark.parametrize("path", ["auto", "skinny", "tiled", "wgmma", "dequant"])
 def test_linear_paths(path, dtype, dq, path_env):
     N, K = 272, 640  # N not a multiple of 128, K not of 128
     packed, state, b, W_ref = make_layer(N, K, dq=dq, dtype=dtype)
@@ -393,7 +393,7 @@ SHAPES = [  # (N, K, blocksize, quant_type)
 def test_linear_shapes(shape, dtype, dq, path_env):
     N, K, bs, qt = shape
     packed, state, b, W_ref = make_layer(N, K, bs, qt, dq=dq, dtype=dtype)
-    for path in ["auto", "tiled"]:
+    for path in ["auto", "tiled", "wgmma"]:
         path_env(path)
         for M in [1, 5, 16, 17, 77, 300]:
             A = torch.randn(M, K, device=DEV, dtype=dtype)
@@ -409,7 +409,7 @@ def test_linear_shapes(shape, dtype, dq, path_env):
 def test_linear_large_m_and_batched(path_env):
     N, K = 256, 512
     packed, state, b, W_ref = make_layer(N, K, dq=True)
-    for path in ["auto", "tiled", "dequant"]:
+    for path in ["auto", "tiled", "wgmma", "dequant"]:
         path_env(path)
         A = torch.randn(4096, K, device=DEV, dtype=torch.bfloat16)
         assert linear_err(run_linear(A, packed, state, b, N, K), A, W_ref, b) < 1e-2
@@ -516,9 +516,9 @@ def test_sanitize_sweep(path_env):
     for N, K in [(17, 96), (130, 4128), (40, 100)]:
         for dq in [False, True]:
             packed, state, b, W_ref = make_layer(N, K, dq=dq)
-            for path in ["auto", "skinny", "tiled", "dequant"]:
+            for path in ["auto", "skinny", "tiled", "wgmma", "dequant"]:
                 path_env(path)
-                for M in [1, 9, 70]:
+                for M in [1, 9, 70, 200]:
                     if path == "skinny" and M > 16:
                         continue
                     A = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)

@@ -2,7 +2,9 @@
 // as FORMAT.md packs it (row-major, element 2i in the high nibble). Two regimes:
 //   skinny: M <= 16 tokens (decode): bandwidth-bound, W streamed once, K split across warps;
 //   tiled:  M > 16: 128 weight rows x 64 tokens per block, activations staged in shared memory,
-//           K optionally split across blocks (float32 atomics into a workspace, then a cast pass).
+//           K optionally split across blocks (float32 atomics into a workspace, then a cast pass);
+//   wgmma:  Hopper, 64..256 tokens on wide layers: 128 weight rows x 128 tokens per block on
+//           warpgroup MMAs.
 // Both dequantize W in registers straight into tensor-core (mma.sync m16n8k16) fragments and
 // decode double-quantized absmax inline. Torch-free; no CUDA device types in this header.
 #pragma once
@@ -40,5 +42,16 @@ int linear_4bit_tiled_splits(const Linear4bitArgs& a);
 
 // Any M >= 1; workspace as linear_4bit_tiled_splits says (null when it returns 1).
 cudaError_t linear_4bit_tiled(const Linear4bitArgs& a, int splits, float* workspace, cudaStream_t stream);
+
+// Hopper warpgroup-MMA kernel (many tokens): available when the extension holds sm_90a code and
+// the current device is compute capability 9.0.
+bool linear_4bit_wgmma_available();
+
+// Whether this problem should take the wgmma kernel (by token count and row tiles, from H100
+// timings); implies linear_4bit_wgmma_available().
+bool linear_4bit_wgmma_preferred(const Linear4bitArgs& a);
+
+// Any M >= 1 (at most 65535 * 128 weight rows); only where linear_4bit_wgmma_available().
+cudaError_t linear_4bit_wgmma(const Linear4bitArgs& a, cudaStream_t stream);
 
 }  // namespace kbit::cuda

@@ -1,10 +1,12 @@
 // CUDA registration of linear_4bit (schema in schemas.cpp): C = A @ dequant(W)^T + bias.
 // Picks the kernel by the number of tokens M (rows of A flattened to 2-D):
 //   M <= 16           fused skinny kernel (decode GEMV on tensor cores)
-//   16 < M <= 128     fused tiled kernel (KBIT_LINEAR4_TILED_MAX moves the limit)
+//   64 <= M <= 256    on Hopper (sm_90a build, compute capability 9.0) with enough weight rows to
+//                     fill the GPU (cuda::linear_4bit_wgmma_preferred): the fused wgmma kernel
+//   16 < M <= 128     otherwise: fused tiled kernel (KBIT_LINEAR4_TILED_MAX moves the limit)
 //   larger, or shapes the fused kernels do not take (K % 32 != 0, unaligned, float32 A):
 //                     dequantize W into an (N, K) buffer of A's dtype, then cuBLAS (at::addmm).
-// KBIT_LINEAR4_PATH=skinny|tiled|dequant forces a path where it applies (benchmarks, tests);
+// KBIT_LINEAR4_PATH=skinny|tiled|wgmma|dequant forces a path where it applies (benchmarks, tests);
 // On H100 (benchmarks/RESULTS.md) the tiled kernel beats dequantize + cuBLAS up to ~128 tokens.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
@@ -22,13 +24,14 @@
 namespace kbit::ops {
 namespace {
 
-enum class Path { Auto, Skinny, Tiled, Dequant };
+enum class Path { Auto, Skinny, Tiled, Wgmma, Dequant };
 
 Path forced_path() {
   const char* p = std::getenv("KBIT_LINEAR4_PATH");
   if (p == nullptr) return Path::Auto;
   if (std::strcmp(p, "skinny") == 0) return Path::Skinny;
   if (std::strcmp(p, "tiled") == 0) return Path::Tiled;
+  if (std::strcmp(p, "wgmma") == 0) return Path::Wgmma;
   if (std::strcmp(p, "dequant") == 0) return Path::Dequant;
   return Path::Auto;
 }
@@ -146,7 +149,11 @@ at::Tensor linear_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const
   Path path = Path::Dequant;
   if (cuda::linear_4bit_fusable(args)) {
     if (forced != Path::Auto) path = forced == Path::Skinny && M > 16 ? Path::Tiled : forced;
-    else path = M <= 16 ? Path::Skinny : M <= tiled_max() ? Path::Tiled : Path::Dequant;
+    else if (M <= 16) path = Path::Skinny;
+    else if (cuda::linear_4bit_wgmma_preferred(args)) path = Path::Wgmma;
+    else path = M <= tiled_max() ? Path::Tiled : Path::Dequant;
+    if (path == Path::Wgmma && !(cuda::linear_4bit_wgmma_available() && ceil_div(N, 128) <= 65535))
+      path = Path::Tiled;
   }
   if (path == Path::Dequant) return linear_dequant(A2, args, b).view(out_shape);
 
@@ -154,6 +161,8 @@ at::Tensor linear_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const
   args.C = out.data_ptr();
   if (path == Path::Skinny) {
     check_launch(cuda::linear_4bit_skinny(args, stream), "linear_4bit skinny");
+  } else if (path == Path::Wgmma) {
+    check_launch(cuda::linear_4bit_wgmma(args, stream), "linear_4bit wgmma");
   } else {
     const int splits = cuda::linear_4bit_tiled_splits(args);
     at::Tensor ws;
