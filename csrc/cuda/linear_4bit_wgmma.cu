@@ -271,6 +271,10 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, in
       C[tok * a.N + row] = from_f32<T>(v);
     }
   }
+#elif defined(__CUDA_ARCH__)
+  // Device code of another target (e.g. plain sm_90 beside sm_90a): never launched on purpose
+  // (linear_4bit_wgmma_available), and loud rather than silent if it ever is.
+  __trap();
 #endif
 }
 
