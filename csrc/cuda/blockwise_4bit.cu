@@ -30,6 +30,19 @@ int sm_count() {
   return cached[dev];
 }
 
+int compute_capability() {
+  static int cached[64] = {0};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return 0;
+  if (dev < 64 && cached[dev] != 0) return cached[dev];
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return 0;
+  if (dev < 64) cached[dev] = 10 * major + minor;
+  return 10 * major + minor;
+}
+
 namespace {
 
 constexpr int kThreads = 256;

@@ -117,6 +117,10 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 // Multiprocessor count of the current device (cached per device).
 int sm_count();
 
+// Compute capability of the current device as 10 * major + minor (90 for an H100), cached per
+// device; 0 if it cannot be read.
+int compute_capability();
+
 // Loads elements [i, i+8) of A as floats; out-of-range elements read as 0.
 template <typename T>
 __device__ __forceinline__ void load8(const T* A, int64_t i, int64_t n, bool vec, float (&v)[8]) {

@@ -271,11 +271,7 @@ __global__ void __launch_bounds__(kThreads) generic_kernel(const SmallParams p) 
 // Programmatic dependent launch needs sm_90; KBIT_NO_PDL=1 turns it off (for A/B timing).
 bool pdl_allowed() {
   static const bool disabled = std::getenv("KBIT_NO_PDL") != nullptr;
-  if (disabled) return false;
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-  return major >= 9;
+  return !disabled && compute_capability() >= 90;
 }
 
 template <typename Kernel>
@@ -314,11 +310,8 @@ cudaError_t int8_linear_small(const int8_t* Aq, const float* a_stats, const int8
                               int out_dtype, bool chained, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return cudaSuccess;
   const SmallParams p{Aq, a_stats, W, w_stats, bias, colmask, A, a_dtype, M, N, K, out};
-  int dev = 0, major = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   const bool aligned = reinterpret_cast<uintptr_t>(Aq) % 16 == 0 && reinterpret_cast<uintptr_t>(W) % 16 == 0;
-  const bool fast = major >= 8 && K > 0 && K % 16 == 0 && aligned && (N + kTileN - 1) / kTileN <= 65535 &&
+  const bool fast = compute_capability() >= 80 && K > 0 && K % 16 == 0 && aligned && (N + kTileN - 1) / kTileN <= 65535 &&
                     (M + 31) / 32 <= 0x7fffffff;
   const bool pdl = chained && pdl_allowed();
   switch (out_dtype) {

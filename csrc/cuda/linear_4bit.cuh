@@ -43,15 +43,16 @@ int linear_4bit_tiled_splits(const Linear4bitArgs& a);
 // Any M >= 1; workspace as linear_4bit_tiled_splits says (null when it returns 1).
 cudaError_t linear_4bit_tiled(const Linear4bitArgs& a, int splits, float* workspace, cudaStream_t stream);
 
-// Hopper warpgroup-MMA kernel (many tokens): available when the extension holds sm_90a code and
-// the current device is compute capability 9.0.
-bool linear_4bit_wgmma_available();
+// Hopper warpgroup-MMA kernel (many tokens): it takes these arguments when the extension holds
+// sm_90a code, the current device is compute capability 9.0, the fused kernels take them
+// (linear_4bit_fusable) and N is at most 65535 * 128.
+bool linear_4bit_wgmma_supported(const Linear4bitArgs& a);
 
 // Whether this problem should take the wgmma kernel (by token count and row tiles, from H100
-// timings); implies linear_4bit_wgmma_available().
+// timings); implies linear_4bit_wgmma_supported().
 bool linear_4bit_wgmma_preferred(const Linear4bitArgs& a);
 
-// Any M >= 1 (at most 65535 * 128 weight rows); only where linear_4bit_wgmma_available().
+// Any M >= 1 where linear_4bit_wgmma_supported(); cudaErrorInvalidValue elsewhere.
 cudaError_t linear_4bit_wgmma(const Linear4bitArgs& a, cudaStream_t stream);
 
 }  // namespace kbit::cuda

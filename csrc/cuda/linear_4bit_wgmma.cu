@@ -293,14 +293,11 @@ cudaError_t launch(const Linear4bitArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
-bool linear_4bit_wgmma_available() {
+bool linear_4bit_wgmma_supported(const Linear4bitArgs& a) {
 #ifdef KBIT_HAS_SM90A
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  return major == 9 && minor == 0;
+  return compute_capability() == 90 && linear_4bit_fusable(a) && ceil_div(a.N, kRows) <= 65535;
 #else
+  (void)a;
   return false;
 #endif
 }
@@ -310,12 +307,12 @@ bool linear_4bit_wgmma_preferred(const Linear4bitArgs& a) {
   // and dequantize + cuBLAS when its row tiles alone nearly fill the GPU; with few row tiles, or
   // at 1024 tokens and more, it loses.
   return a.M >= 64 && a.M <= 256 && ceil_div(a.N, kRows) * 4 >= int64_t(sm_count()) * 3 &&
-         ceil_div(a.N, kRows) <= 65535 && linear_4bit_wgmma_available();
+         linear_4bit_wgmma_supported(a);
 }
 
 cudaError_t linear_4bit_wgmma(const Linear4bitArgs& a, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return cudaSuccess;
-  if (!linear_4bit_fusable(a) || ceil_div(a.N, kRows) > 65535) return cudaErrorInvalidValue;
+  if (!linear_4bit_wgmma_supported(a)) return cudaErrorInvalidValue;
   const bool dq = a.scales.nested();
   if (a.dtype == DType::BF16)
     return dq ? launch<__nv_bfloat16, true>(a, stream) : launch<__nv_bfloat16, false>(a, stream);

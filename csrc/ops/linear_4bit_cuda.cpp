@@ -152,8 +152,7 @@ at::Tensor linear_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const
     else if (M <= 16) path = Path::Skinny;
     else if (cuda::linear_4bit_wgmma_preferred(args)) path = Path::Wgmma;
     else path = M <= tiled_max() ? Path::Tiled : Path::Dequant;
-    if (path == Path::Wgmma && !(cuda::linear_4bit_wgmma_available() && ceil_div(N, 128) <= 65535))
-      path = Path::Tiled;
+    if (path == Path::Wgmma && !cuda::linear_4bit_wgmma_supported(args)) path = Path::Tiled;
   }
   if (path == Path::Dequant) return linear_dequant(A2, args, b).view(out_shape);
 
