@@ -29,7 +29,8 @@ struct Linear4bitArgs {
   DType dtype = DType::BF16;   // F16 or BF16
 };
 
-// Whether the fused kernels accept these arguments: 16-bit dtype, K % 32 == 0, 16-byte aligned
+// Whether the fused kernels accept these arguments: 16-bit dtype, K % 32 == 0, N and K below 2^30,
+// 16-byte aligned
 // A and W. Otherwise the caller dequantizes and uses a dense matmul.
 bool linear_4bit_fusable(const Linear4bitArgs& a);
 

@@ -107,18 +107,28 @@ __device__ __forceinline__ float decode_scale(const RawScale& r, const float* co
   return r.a;
 }
 
-// Dequantizes step j's A fragment for rows g (w0, scale s0) and g+8 (w1, s1) of one 16-row tile.
+// Step j's A fragment of unscaled code values for rows g (w0) and g+8 (w1) of one 16-row tile.
 // j must be a constant after unrolling (it selects registers).
-template <typename T>
-__device__ __forceinline__ void a_frag(uint32_t (&a)[4], int j, const char* lut, uint32_t lane4,
-                                       const uint4& w0, const uint4& w1, uint32_t s0, uint32_t s1) {
+__device__ __forceinline__ void a_frag_unscaled(uint32_t (&a)[4], int j, const char* lut, uint32_t lane4,
+                                                const uint4& w0, const uint4& w1) {
   const uint32_t x0 = (j / 2 == 0) ? w0.x : (j / 2 == 1) ? w0.y : (j / 2 == 2) ? w0.z : w0.w;
   const uint32_t x1 = (j / 2 == 0) ? w1.x : (j / 2 == 1) ? w1.y : (j / 2 == 2) ? w1.z : w1.w;
   const int p = 2 * (j % 2);
-  a[0] = hmul2<T>(lut_at(lut, x0, p, lane4), s0);
-  a[1] = hmul2<T>(lut_at(lut, x1, p, lane4), s1);
-  a[2] = hmul2<T>(lut_at(lut, x0, p + 1, lane4), s0);
-  a[3] = hmul2<T>(lut_at(lut, x1, p + 1, lane4), s1);
+  a[0] = lut_at(lut, x0, p, lane4);
+  a[1] = lut_at(lut, x1, p, lane4);
+  a[2] = lut_at(lut, x0, p + 1, lane4);
+  a[3] = lut_at(lut, x1, p + 1, lane4);
+}
+
+// The same fragment with rows g scaled by s0 and g+8 by s1 (two equal T in each).
+template <typename T>
+__device__ __forceinline__ void a_frag(uint32_t (&a)[4], int j, const char* lut, uint32_t lane4,
+                                       const uint4& w0, const uint4& w1, uint32_t s0, uint32_t s1) {
+  a_frag_unscaled(a, j, lut, lane4, w0, w1);
+  a[0] = hmul2<T>(a[0], s0);
+  a[1] = hmul2<T>(a[1], s1);
+  a[2] = hmul2<T>(a[2], s0);
+  a[3] = hmul2<T>(a[3], s1);
 }
 
 }  // namespace kbit::cuda::mma

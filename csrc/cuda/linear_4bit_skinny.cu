@@ -5,19 +5,20 @@
 // table are described in linear_4bit_mma.cuh.
 //
 // Decomposition: a block of W warps owns a tile of 16 weight rows at a time (one m16 tile) and
-// the warps split K into chunks of 128 * H columns: warp w takes chunks w, w+W, w+2W, ..., and
-// lane t of a chunk owns 32H contiguous columns (16H contiguous bytes per row; a row's chunk is
-// 64H contiguous bytes over 4 lanes). Every warp walks the same number of chunks per tile, and its
-// chunks over all of the block's tiles form one sequence of "items"; each lane keeps the weights
-// and scales of the next D items in a register ring, so loads stay in flight across tile ends.
-// Activations are read at use (they are small and stay in L1). At the end of a tile the W warps'
-// partial sums meet in shared memory and one pass adds them, adds the bias and writes
-// out[token, row]. The grid is persistent (what fits on the GPU at once), so the 32 KB table is
-// built once per block.
+// the warps split K into 128-column chunks: warp w takes chunks w, w+W, w+2W, ..., and lane t of
+// a chunk owns 32 contiguous columns (16 contiguous bytes per row; a row's chunk is 64 contiguous
+// bytes over 4 lanes). Every warp walks the same number of chunks per tile, and its chunks over
+// all of the block's tiles form one sequence of "items", walked with counters (no division in the
+// loop); each lane holds the weights and scales of the next item in registers, so loads stay in
+// flight across tile ends. Activations are read at use (they are small and stay in L1). At the
+// end of a tile the W warps' partial sums meet in shared memory and one pass adds them, adds the
+// bias and writes out[token, row]. The grid is persistent (what fits on the GPU at once), so the
+// 32 KB table is built once per block.
 //
-// Measured on an H100 (benchmarks/RESULTS.md) this reaches ~40% of copy bandwidth in a decode
-// graph: the limit is the L1/shared-memory pipe (a table read per two weights, plus scattered
-// scale loads) and issue, not loads in flight; deeper rings (D = 2, 4) did not help.
+// One token has its own variant (see compute_group). On an H100 (benchmarks/RESULTS.md) this
+// reaches 43-60% of copy bandwidth on the large layers at one token; the limit is instruction
+// issue and the L1/shared-memory pipe (a table read per two weights), and at 9-16 tokens the L1
+// traffic of the activations.
 #include "cuda/linear_4bit_mma.cuh"
 
 namespace kbit::cuda {
@@ -25,11 +26,10 @@ namespace {
 
 constexpr int kRows = 16;    // weight rows per tile
 
-// One item of a lane: H groups of 32 columns of rows g and g+8 (32 nibbles = 16 bytes each).
-template <int H>
+// One item of a lane: 32 columns of rows g and g+8 (32 nibbles = 16 bytes each) and their scales.
 struct Stage {
-  uint4 w[H][2];
-  mma::RawScale s[H][2];
+  uint4 w[2];
+  mma::RawScale s[2];
 };
 
 template <int W, int NT>
@@ -37,72 +37,115 @@ constexpr int smem_bytes() {
   return mma::kLutBytes + W * NT * 128 * 4 + 256 * 4;
 }
 
-// Where item i of a warp lies: the block's (i / per_tile)-th tile, chunk warp + W * (i % per_tile).
-struct ItemMap {
-  int per_tile;      // chunks per warp per tile
-  int64_t ntiles, nchunks;
+// Where a warp's item lies: tile `tile` of the weight, chunk warp + W * within of it. Advanced by
+// one item at a time (no division in the loop): the block's tiles are blockIdx.x, + gridDim.x, ...
+struct ItemPos {
+  int tile;
+  int within;
+  __device__ __forceinline__ void next(int per_tile) {
+    if (++within == per_tile) {
+      within = 0;
+      tile += gridDim.x;
+    }
+  }
 };
 
-// A chunk is 128 * H columns of K; lane t owns its columns [32Ht, 32H(t+1)), so each row's bytes
-// of a chunk are 64H contiguous bytes read by 4 lanes.
-template <int W, int H, bool DQ>
-__device__ __forceinline__ void load_stage(Stage<H>& st, const Linear4bitArgs& a, int bs_log2, const ItemMap& m,
-                                           int64_t item, int warp, int g, int t) {
-  const int64_t tile = blockIdx.x + (item / m.per_tile) * gridDim.x;
-  const int64_t c = warp + W * (item % m.per_tile);
-  const bool tok = tile < m.ntiles && c < m.nchunks;
+struct Shape {
+  int per_tile;  // chunks per warp per tile
+  int ntiles, nchunks;
+};
+
+// Lane t's 32 columns of the item's chunk, rows g and g + 8.
+template <int W, bool DQ>
+__device__ __forceinline__ void load_stage(Stage& st, const Linear4bitArgs& a, int bs_log2, const Shape& m,
+                                           const ItemPos& pos, int warp, int g, int t) {
+  const int c = warp + W * pos.within;
+  const int k0 = c * 128 + 32 * t;  // N, K < 2^30 (linear_4bit_fusable)
+  const bool kok = pos.tile < m.ntiles && c < m.nchunks && k0 < a.K;
 #pragma unroll
-  for (int h = 0; h < H; ++h) {
-    const int64_t k0 = c * 128 * H + 32 * (H * t + h);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = tile * kRows + g + 8 * r;
-      const bool ok = tok && k0 < a.K && row < a.N;
-      const int64_t e = row * a.K + k0;  // flat element index of the 32-column group
-      st.w[h][r] = ok ? ld_stream(a.W + e / 2) : make_uint4(0, 0, 0, 0);
-      st.s[h][r] = mma::load_scale<DQ>(a.scales, e >> bs_log2, ok);
-    }
+  for (int r = 0; r < 2; ++r) {
+    const int row = pos.tile * kRows + g + 8 * r;
+    const bool ok = kok && row < a.N;
+    const int64_t e = int64_t(row) * a.K + k0;  // flat element index
+    st.w[r] = ok ? ld_stream(a.W + e / 2) : make_uint4(0, 0, 0, 0);
+    st.s[r] = mma::load_scale<DQ>(a.scales, e >> bs_log2, ok);
   }
 }
 
-// Group h of a stage: the 32 columns from k0 (A fragments as in linear_4bit_mma.cuh).
-template <typename T, int NT, bool DQ>
-__device__ __forceinline__ void compute_group(const uint4 (&w)[2], const mma::RawScale (&rs)[2], int64_t k0,
+// One item: the 32 columns from k0 (A fragments as in linear_4bit_mma.cuh).
+//
+// Several tokens (ONE = false): the scales multiply the weights before the MMA, because an MMA's
+// k slots come from all four lanes of a row, whose columns may lie in different quantization
+// blocks.
+//
+// One token (ONE = true): the MMA's 8 token columns would hold one token and seven zeros, so they
+// are used to keep the four lanes' k slots apart instead: lane (g, t) supplies its activations to
+// B only when g == t, so column n of the product sums only lane n's columns. The MMAs run on
+// unscaled code values, and each column's float32 sum is scaled once per group by its lane's
+// scale (fetched with a shuffle): four multiply-adds in place of 32 16-bit multiplies. Only the
+// lanes g == t load activations.
+template <typename T, int NT, bool DQ, bool ONE>
+__device__ __forceinline__ void compute_item(const uint4 (&w)[2], const mma::RawScale (&rs)[2], int64_t k0,
                                               const Linear4bitArgs& a, float (&acc)[NT][4], const char* lut,
-                                              uint32_t lane4, const float* code8, float offset, int g) {
+                                              uint32_t lane4, const float* code8, float offset, int g, int t) {
   const bool kok = k0 < a.K;
   const T* A = static_cast<const T*>(a.A);
-  uint4 x[NT][4];
+  const float f0 = mma::decode_scale<DQ>(rs[0], code8, offset);  // row g
+  const float f1 = mma::decode_scale<DQ>(rs[1], code8, offset);  // row g + 8
+  if constexpr (ONE) {
+    static_assert(NT == 1, "one token is one column group");
+    const bool ok = kok && g == t;
+    const uint4* xsrc = reinterpret_cast<const uint4*>(A + k0);
+    float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    const int64_t tok = nt * 8 + g;
-    const bool ok = kok && tok < a.M;
-    const uint4* src = reinterpret_cast<const uint4*>(A + tok * a.K + k0);
-#pragma unroll
-    for (int q = 0; q < 4; ++q) x[nt][q] = ok ? __ldg(src + q) : make_uint4(0, 0, 0, 0);
-  }
-  const float f0 = mma::decode_scale<DQ>(rs[0], code8, offset);
-  const float f1 = mma::decode_scale<DQ>(rs[1], code8, offset);
-  const uint32_t s0 = pack2<T>(f0, f0), s1 = pack2<T>(f1, f1);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    uint32_t af[4];
-    mma::a_frag<T>(af, j, lut, lane4, w[0], w[1], s0, s1);
+    for (int q = 0; q < 4; ++q) {
+      const uint4 xv = ok ? __ldg(xsrc + q) : make_uint4(0, 0, 0, 0);
+      uint32_t af[4];
+      mma::a_frag_unscaled(af, 2 * q, lut, lane4, w[0], w[1]);
+      mma::mma16816<T>(part, af, xv.x, xv.y);
+      mma::a_frag_unscaled(af, 2 * q + 1, lut, lane4, w[0], w[1]);
+      mma::mma16816<T>(part, af, xv.z, xv.w);
+    }
+    // part[i]: row g (i < 2) or g + 8, column 2t + i % 2, i.e. the columns of lane (g, 2t + i % 2)
+    // (zero for t >= 2: columns 4..7 have no lane).
+    const int src = (g << 2) | ((2 * t) & 3);
+    acc[0][0] = fmaf(__shfl_sync(0xffffffffu, f0, src), part[0], acc[0][0]);
+    acc[0][1] = fmaf(__shfl_sync(0xffffffffu, f0, src + 1), part[1], acc[0][1]);
+    acc[0][2] = fmaf(__shfl_sync(0xffffffffu, f1, src), part[2], acc[0][2]);
+    acc[0][3] = fmaf(__shfl_sync(0xffffffffu, f1, src + 1), part[3], acc[0][3]);
+  } else {
+    uint4 x[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-      const uint4& xv = x[nt][j / 2];
-      mma::mma16816<T>(acc[nt], af, (j % 2) ? xv.z : xv.x, (j % 2) ? xv.w : xv.y);
+      const int64_t tok = nt * 8 + g;
+      const bool ok = kok && tok < a.M;
+      const uint4* src = reinterpret_cast<const uint4*>(A + tok * a.K + k0);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) x[nt][q] = ok ? __ldg(src + q) : make_uint4(0, 0, 0, 0);
+    }
+    const uint32_t s0 = pack2<T>(f0, f0), s1 = pack2<T>(f1, f1);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      uint32_t af[4];
+      mma::a_frag<T>(af, j, lut, lane4, w[0], w[1], s0, s1);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const uint4& xv = x[nt][j / 2];
+        mma::mma16816<T>(acc[nt], af, (j % 2) ? xv.z : xv.x, (j % 2) ? xv.w : xv.y);
+      }
     }
   }
 }
 
-template <typename T, int NT, int H, bool DQ>
-__device__ __forceinline__ void compute_stage(const Stage<H>& st, int64_t c, const Linear4bitArgs& a,
-                                              float (&acc)[NT][4], const char* lut, uint32_t lane4,
-                                              const float* code8, float offset, int g, int t) {
-#pragma unroll
-  for (int h = 0; h < H; ++h)
-    compute_group<T, NT, DQ>(st.w[h], st.s[h], c * 128 * H + 32 * (H * t + h), a, acc, lut, lane4, code8, offset, g);
+// One token: lane (g, t) holds rows g and g + 8 summed over the columns of lanes 2t and 2t + 1;
+// after this, lanes t = 0 hold the rows' sums over all four lanes as token 0's values (slots 0
+// and 2), the layout finish_tile reads.
+__device__ __forceinline__ void gather_one_token(float (&acc)[1][4]) {
+  float r0 = acc[0][0] + acc[0][1], r1 = acc[0][2] + acc[0][3];
+  r0 += __shfl_xor_sync(0xffffffffu, r0, 1);
+  r1 += __shfl_xor_sync(0xffffffffu, r1, 1);
+  acc[0][0] = r0;
+  acc[0][2] = r1;
 }
 
 // Split-K reduction over the W warps of one tile; then one value per (row, token) to global memory.
@@ -133,8 +176,12 @@ __device__ __forceinline__ void finish_tile(float (&acc)[NT][4], float* red, int
   __syncthreads();
 }
 
-template <typename T, int W, int NT, bool DQ, int D, int H>
-__global__ void __launch_bounds__(W * 32) skinny_kernel(Linear4bitArgs a, int bs_log2) {
+// Warps per SM the registers are held to (__launch_bounds__): 24 takes 80 registers per thread,
+// which the one-token variants need.
+constexpr int kWarpsPerSm = 24;
+
+template <typename T, int W, int NT, bool DQ, bool ONE>
+__global__ void __launch_bounds__(W * 32, kWarpsPerSm / W) skinny_kernel(Linear4bitArgs a, int bs_log2) {
   extern __shared__ uint4 smem[];
   char* lut = reinterpret_cast<char*>(smem);
   float* red = reinterpret_cast<float*>(lut + mma::kLutBytes);
@@ -142,71 +189,69 @@ __global__ void __launch_bounds__(W * 32) skinny_kernel(Linear4bitArgs a, int bs
   mma::fill_lut<T>(smem, a.quant_type);
   if (DQ)
     for (int i = threadIdx.x; i < 256; i += W * 32) code8[i] = a.scales.nested_code[i];
-  __syncthreads();
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const uint32_t lane4 = uint32_t(lane) << 2;
-  const float offset = DQ ? __ldg(a.scales.nested_offset) : 0.0f;
-  ItemMap m;
-  m.ntiles = ceil_div(a.N, kRows);
-  m.nchunks = ceil_div(a.K, 128 * H);
+  Shape m;
+  m.ntiles = int(ceil_div(a.N, kRows));
+  m.nchunks = int(ceil_div(a.K, 128));
   m.per_tile = int(ceil_div(m.nchunks, W));
-  const int64_t my_tiles = ceil_div(m.ntiles - blockIdx.x, gridDim.x);
-  const int64_t items = my_tiles * m.per_tile;
 
-  Stage<H> ring[D];
-#pragma unroll
-  for (int s = 0; s < D; ++s) load_stage<W, H, DQ>(ring[s], a, bs_log2, m, s, warp, g, t);
+  // One item in flight per warp: the next item's weights and scales load while this one computes.
+  ItemPos cur{int(blockIdx.x), 0}, ahead = cur;
+  Stage next;
+  load_stage<W, DQ>(next, a, bs_log2, m, ahead, warp, g, t);
+  ahead.next(m.per_tile);
+  const float offset = DQ ? __ldg(a.scales.nested_offset) : 0.0f;
+  __syncthreads();  // code8 and the table
+
   float acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-
-  // `items` and `per_tile` are the same for every warp of the block, so the tile ends (and their
-  // __syncthreads) are reached uniformly.
-  for (int64_t i0 = 0; i0 < items; i0 += D) {
-#pragma unroll
-    for (int s = 0; s < D; ++s) {
-      const int64_t i = i0 + s;
-      if (i < items) {
-        const int64_t within = i % m.per_tile;
-        const Stage<H> cur = ring[s];
-        load_stage<W, H, DQ>(ring[s], a, bs_log2, m, i + D, warp, g, t);
-        compute_stage<T, NT, H, DQ>(cur, warp + W * within, a, acc, lut, lane4, code8, offset, g, t);
-        if (within == m.per_tile - 1)
-          finish_tile<T, W, NT>(acc, red, blockIdx.x + (i / m.per_tile) * gridDim.x, a, warp, lane);
-      }
+  // Every warp of the block walks the same tiles with the same per_tile, so the tile ends (and
+  // their __syncthreads) are reached uniformly.
+  while (cur.tile < m.ntiles) {
+    const Stage st = next;
+    load_stage<W, DQ>(next, a, bs_log2, m, ahead, warp, g, t);
+    ahead.next(m.per_tile);
+    const int64_t k0 = (warp + W * cur.within) * 128 + 32 * t;
+    compute_item<T, NT, DQ, ONE>(st.w, st.s, k0, a, acc, lut, lane4, code8, offset, g, t);
+    if (cur.within == m.per_tile - 1) {
+      if constexpr (ONE) gather_one_token(acc);
+      finish_tile<T, W, NT>(acc, red, cur.tile, a, warp, lane);
     }
+    cur.next(m.per_tile);
   }
 }
 
-template <typename T, int W, int NT, bool DQ, int D, int H>
+template <typename T, int W, int NT, bool DQ, bool ONE = false>
 cudaError_t launch(const Linear4bitArgs& a, cudaStream_t stream) {
   constexpr int smem = smem_bytes<W, NT>();
+  auto kernel = skinny_kernel<T, W, NT, DQ, ONE>;
   static int per_sm = -1;  // blocks per SM of this instantiation (same on every device we target)
   if (per_sm < 0) {
-    cudaError_t e = cudaFuncSetAttribute(skinny_kernel<T, W, NT, DQ, D, H>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return e;
     int n = 0;
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, skinny_kernel<T, W, NT, DQ, D, H>, W * 32, smem);
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, W * 32, smem);
     if (e != cudaSuccess) return e;
     per_sm = n > 0 ? n : 1;
   }
   const int64_t ntiles = ceil_div(a.N, kRows);
   const int64_t cap = int64_t(per_sm) * sm_count();
   const int grid = int(ntiles < cap ? ntiles : cap);
-  skinny_kernel<T, W, NT, DQ, D, H><<<grid, W * 32, smem, stream>>>(a, log2_exact(a.blocksize));
+  kernel<<<grid, W * 32, smem, stream>>>(a, log2_exact(a.blocksize));
   return cudaGetLastError();
 }
 
-// 8 warps, one item ahead (D = 1). One token takes 256-column chunks (H = 2), more tokens
-// 128-column ones (H = 1): on an H100 (benchmarks/RESULTS.md) H = 2 was 2-4% faster at 1 token in a
-// decode graph but up to 1.5x slower at 4..16 tokens, and deeper rings were no faster anywhere.
+// 8 warps; one token takes its own variant. On an H100 (benchmarks/RESULTS.md, session 4) it
+// beat the general one at one token by up to 15% in a decode graph, and 256-column chunks, which
+// had been 2-4% faster before, spilled registers in it and were slower.
 template <typename T, int NT, bool DQ>
 cudaError_t pick(const Linear4bitArgs& a, cudaStream_t stream) {
   if constexpr (NT == 1)  // only 1..8 tokens can be one token
-    if (a.M == 1) return launch<T, 8, NT, DQ, 1, 2>(a, stream);
-  return launch<T, 8, NT, DQ, 1, 1>(a, stream);
+    if (a.M == 1) return launch<T, 8, NT, DQ, true>(a, stream);
+  return launch<T, 8, NT, DQ>(a, stream);
 }
 
 template <typename T>
@@ -219,8 +264,9 @@ cudaError_t dispatch(const Linear4bitArgs& a, cudaStream_t stream) {
 }  // namespace
 
 bool linear_4bit_fusable(const Linear4bitArgs& a) {
+  // Row and column indices are 32-bit inside the kernels.
   return (a.dtype == DType::BF16 || a.dtype == DType::F16) && a.K % 32 == 0 && a.blocksize >= 32 &&
-         aligned16(a.A) && aligned16(a.W);
+         a.N < (int64_t(1) << 30) && a.K < (int64_t(1) << 30) && aligned16(a.A) && aligned16(a.W);
 }
 
 cudaError_t linear_4bit_skinny(const Linear4bitArgs& a, cudaStream_t stream) {
