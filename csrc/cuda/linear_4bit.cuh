@@ -1,11 +1,11 @@
 // Launchers of the fused 4-bit linear kernels: C = A @ dequant(W)^T + bias with W (N, K) stored
-// as FORMAT.md packs it (row-major, element 2i in the high nibble). Two regimes:
+// as FORMAT.md packs it (row-major, element 2i in the high nibble). Three kernels:
 //   skinny: M <= 16 tokens (decode): bandwidth-bound, W streamed once, K split across warps;
 //   tiled:  M > 16: 128 weight rows x 64 tokens per block, activations staged in shared memory,
 //           K optionally split across blocks (float32 atomics into a workspace, then a cast pass);
-//   wgmma:  Hopper, 64..256 tokens on wide layers: 128 weight rows x 128 tokens per block on
-//           warpgroup MMAs.
-// Both dequantize W in registers straight into tensor-core (mma.sync m16n8k16) fragments and
+//   wgmma:  Hopper, 64..256 tokens: 128 weight rows x 128 tokens per block on warpgroup MMAs,
+//           K split across blocks as the tiled kernel does where the row tiles are few.
+// All dequantize W in registers straight into tensor-core (mma.sync / wgmma) A fragments and
 // decode double-quantized absmax inline. Torch-free; no CUDA device types in this header.
 #pragma once
 #include <cuda_runtime_api.h>
@@ -44,6 +44,9 @@ int linear_4bit_tiled_splits(const Linear4bitArgs& a);
 // Any M >= 1; workspace as linear_4bit_tiled_splits says (null when it returns 1).
 cudaError_t linear_4bit_tiled(const Linear4bitArgs& a, int splits, float* workspace, cudaStream_t stream);
 
+// After a split-K run (tiled or wgmma): C = cast(workspace + bias), the workspace M x N float32.
+cudaError_t linear_4bit_finish_splits(const Linear4bitArgs& a, const float* workspace, cudaStream_t stream);
+
 // Hopper warpgroup-MMA kernel (many tokens): it takes these arguments when the extension holds
 // sm_90a code, the current device is compute capability 9.0, the fused kernels take them
 // (linear_4bit_fusable) and N is at most 65535 * 128.
@@ -53,7 +56,12 @@ bool linear_4bit_wgmma_supported(const Linear4bitArgs& a);
 // timings); implies linear_4bit_wgmma_supported().
 bool linear_4bit_wgmma_preferred(const Linear4bitArgs& a);
 
-// Any M >= 1 where linear_4bit_wgmma_supported(); cudaErrorInvalidValue elsewhere.
-cudaError_t linear_4bit_wgmma(const Linear4bitArgs& a, cudaStream_t stream);
+// How many ways the wgmma kernel splits K for this problem (so that narrow layers fill the GPU);
+// > 1 needs an M x N float32 workspace filled with zeros.
+int linear_4bit_wgmma_splits(const Linear4bitArgs& a);
+
+// Any M >= 1 where linear_4bit_wgmma_supported(); cudaErrorInvalidValue elsewhere. Workspace as
+// linear_4bit_wgmma_splits says (null when it returns 1).
+cudaError_t linear_4bit_wgmma(const Linear4bitArgs& a, int splits, float* workspace, cudaStream_t stream);
 
 }  // namespace kbit::cuda

@@ -221,14 +221,23 @@ cudaError_t launch(const Linear4bitArgs& a, int splits, float* ws, cudaStream_t 
                                                           splits > 1 ? ws : nullptr);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess || splits <= 1) return e;
-  const int64_t total = a.M * a.N;
-  const int64_t blocks = ceil_div(total, 256);
-  const int fgrid = int(blocks < int64_t(sm_count()) * 8 ? blocks : int64_t(sm_count()) * 8);
-  finish_kernel<T><<<fgrid, 256, 0, stream>>>(ws, static_cast<const T*>(a.bias), static_cast<T*>(a.C), a.M, a.N);
-  return cudaGetLastError();
+  return linear_4bit_finish_splits(a, ws, stream);
 }
 
 }  // namespace
+
+cudaError_t linear_4bit_finish_splits(const Linear4bitArgs& a, const float* ws, cudaStream_t stream) {
+  const int64_t total = a.M * a.N;
+  const int64_t blocks = ceil_div(total, 256);
+  const int grid = int(blocks < int64_t(sm_count()) * 8 ? blocks : int64_t(sm_count()) * 8);
+  if (a.dtype == DType::BF16)
+    finish_kernel<<<grid, 256, 0, stream>>>(ws, static_cast<const __nv_bfloat16*>(a.bias),
+                                            static_cast<__nv_bfloat16*>(a.C), a.M, a.N);
+  else
+    finish_kernel<<<grid, 256, 0, stream>>>(ws, static_cast<const __half*>(a.bias), static_cast<__half*>(a.C), a.M,
+                                            a.N);
+  return cudaGetLastError();
+}
 
 int linear_4bit_tiled_splits(const Linear4bitArgs& a) {
   const int64_t tiles = ceil_div(a.M, kToks) * ceil_div(a.N, kRows);

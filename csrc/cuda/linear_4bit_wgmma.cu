@@ -32,13 +32,13 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRows = 128;     // weight rows per block
 constexpr int kToks = 128;     // tokens per block (wgmma N)
+constexpr int kChunk = 128;    // columns of K per stage
 constexpr int kStepBytes = kToks / 8 * 256 + 16;  // one k16 step of B (16 bytes of padding)
 constexpr int kStageBytes = 8 * kStepBytes;  // 32 KB
 constexpr int kStages = 2;
 constexpr int kSmem = mma::kLutBytes + kStages * kStageBytes + 256 * 4 + 128;
 
 #ifdef KBIT_WGMMA_DEVICE
-constexpr int kChunk = 128;    // columns of K per stage
 
 struct WChunk {
   uint4 w[2];
@@ -101,19 +101,21 @@ __device__ __forceinline__ uint4 ld_if(const void* p, bool ok) {
 // few adds: the kernel is otherwise short of issue slots).
 template <typename T>
 struct LaneMap {
-  int64_t w_elem[2];  // flat weight index of (row g / g+8, column 32t); -1 past N
+  int64_t w_elem[2];  // flat weight index of (row g / g+8, column k0 + 32t); -1 past N
+  int64_t kcols;      // columns of the block's K range [k0, k0 + kcols)
   int w_col;          // 32t
-  const T* b_ptr;     // activations: token tok0 + 2 warp + lane / 16, column 8 (lane % 16)
+  const T* b_ptr;     // activations: token tok0 + 2 warp + lane / 16, column k0 + 8 (lane % 16)
   int64_t b_step;     // 16 tokens
   int b_valid;        // passes i with a token below M
   int b_col;          // 8 (lane % 16)
   uint32_t b_sts;     // lane part of store_b's shared offset
 };
 
+// Chunk c of this block's K range (kcols columns from the range's start, which w_elem includes).
 template <bool DQ>
 __device__ __forceinline__ void load_w(WChunk& ch, const Linear4bitArgs& a, int bs_log2, const int64_t (&w_elem)[2],
-                                       int w_col, int64_t c, bool valid) {
-  const bool kok = valid && c * kChunk + w_col < a.K;
+                                       int w_col, int64_t kcols, int64_t c, bool valid) {
+  const bool kok = valid && c * kChunk + w_col < kcols;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const bool ok = kok && w_elem[r] >= 0;
@@ -140,8 +142,8 @@ __device__ __forceinline__ void dequant(uint32_t (&af)[8][4], const WChunk& ch, 
 // from lane-of-origin p / 4 and fill steps 2 (p % 4) and 2 (p % 4) + 1, halves 0 and 1. With steps
 // kStepBytes apart (16 bytes of padding each), a warp's 32 stores hit 32 distinct banks.
 template <typename T>
-__device__ __forceinline__ void load_b(uint4 (&v)[8], const LaneMap<T>& m, int64_t K, int64_t c, bool valid) {
-  const bool kok = valid && c * kChunk + m.b_col < K;
+__device__ __forceinline__ void load_b(uint4 (&v)[8], const LaneMap<T>& m, int64_t kcols, int64_t c, bool valid) {
+  const bool kok = valid && c * kChunk + m.b_col < kcols;
   const T* p = m.b_ptr + c * kChunk;
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
@@ -192,9 +194,9 @@ __device__ __forceinline__ void chunk(int64_t c, int64_t nchunks, float (&acc)[6
   issue<T>(acc, cur, act + (c % 2) * kStageBytes);
   if (c + 1 < nchunks) {
     store_b(act + ((c + 1) % 2) * kStageBytes, vb, m.b_sts);
-    load_b<T>(vb, m, a.K, c + 2, c + 2 < nchunks);
+    load_b<T>(vb, m, m.kcols, c + 2, c + 2 < nchunks);
     dequant<T, DQ>(nxt, wn, lut, lane4, code8, offset);
-    load_w<DQ>(wn, a, bs_log2, m.w_elem, m.w_col, c + 2, c + 2 < nchunks);
+    load_w<DQ>(wn, a, bs_log2, m.w_elem, m.w_col, m.kcols, c + 2, c + 2 < nchunks);
   }
   proxy_fence();
   retire<T>(acc, cur);
@@ -203,8 +205,10 @@ __device__ __forceinline__ void chunk(int64_t c, int64_t nchunks, float (&acc)[6
 
 #endif  // KBIT_WGMMA_DEVICE
 
+// Block (token tile x, row tile y, K range z): chunks [z * per, (z + 1) * per) of K. With ws, the
+// partial sums are added to it (float32 atomics) and linear_4bit_finish_splits writes C.
 template <typename T, bool DQ>
-__global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, int bs_log2) {
+__global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, int bs_log2, int64_t per, float* ws) {
 #ifdef KBIT_WGMMA_DEVICE
   extern __shared__ uint4 smem_raw[];
   char* lut = reinterpret_cast<char*>(smem_raw);
@@ -215,19 +219,22 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, in
   const uint32_t lane4 = uint32_t(lane) << 2;
   const int64_t tok0 = int64_t(blockIdx.x) * kToks;
   const int64_t row0 = int64_t(blockIdx.y) * kRows + (warp / 4) * 64 + (warp % 4) * 16;
-  const int64_t nchunks = ceil_div(a.K, kChunk);
+  const int64_t k0 = int64_t(blockIdx.z) * per * kChunk;
+  const int64_t kend = min(a.K, k0 + per * kChunk);
+  const int64_t nchunks = ceil_div(kend - k0, kChunk);
 
   LaneMap<T> m;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t row = row0 + g + 8 * r;
-    m.w_elem[r] = row < a.N ? row * a.K + 32 * t : -1;
+    m.w_elem[r] = row < a.N ? row * a.K + k0 + 32 * t : -1;
   }
+  m.kcols = kend - k0;
   m.w_col = 32 * t;
   {
     const int n0 = 2 * warp + lane / 16, p = lane % 16;
     m.b_col = 8 * p;
-    m.b_ptr = static_cast<const T*>(a.A) + (tok0 + n0) * a.K + m.b_col;
+    m.b_ptr = static_cast<const T*>(a.A) + (tok0 + n0) * a.K + k0 + m.b_col;
     m.b_step = 16 * a.K;
     const int64_t left = a.M - tok0 - n0;  // tokens from this lane's first one to M
     m.b_valid = left <= 0 ? 0 : left >= 113 ? 8 : int((left + 15) / 16);
@@ -235,11 +242,11 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, in
   }
 
   WChunk wn;
-  load_w<DQ>(wn, a, bs_log2, m.w_elem, m.w_col, 0, true);
+  load_w<DQ>(wn, a, bs_log2, m.w_elem, m.w_col, m.kcols, 0, true);
   uint4 vb[8];
-  load_b<T>(vb, m, a.K, 0, true);
+  load_b<T>(vb, m, m.kcols, 0, true);
   store_b(act, vb, m.b_sts);
-  load_b<T>(vb, m, a.K, 1, nchunks > 1);
+  load_b<T>(vb, m, m.kcols, 1, nchunks > 1);
   mma::fill_lut<T>(smem_raw, a.quant_type);
   if (DQ)
     for (int i = threadIdx.x; i < 256; i += kThreads) code8[i] = a.scales.nested_code[i];
@@ -249,7 +256,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, in
 
   uint32_t a0[8][4], a1[8][4];
   dequant<T, DQ>(a0, wn, lut, lane4, code8, offset);
-  load_w<DQ>(wn, a, bs_log2, m.w_elem, m.w_col, 1, nchunks > 1);
+  load_w<DQ>(wn, a, bs_log2, m.w_elem, m.w_col, m.kcols, 1, nchunks > 1);
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
@@ -266,9 +273,13 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, in
     const int64_t row = row0 + g + 8 * ((i / 2) % 2);
     const int64_t tok = tok0 + 8 * (i / 4) + 2 * t + (i % 2);
     if (row < a.N && tok < a.M) {
-      float v = acc[i];
-      if (bias) v += to_f32(bias[row]);
-      C[tok * a.N + row] = from_f32<T>(v);
+      if (ws) {
+        atomicAdd(ws + tok * a.N + row, acc[i]);
+      } else {
+        float v = acc[i];
+        if (bias) v += to_f32(bias[row]);
+        C[tok * a.N + row] = from_f32<T>(v);
+      }
     }
   }
 #elif defined(__CUDA_ARCH__)
@@ -279,16 +290,21 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, in
 }
 
 template <typename T, bool DQ>
-cudaError_t launch(const Linear4bitArgs& a, cudaStream_t stream) {
+cudaError_t launch(const Linear4bitArgs& a, int splits, float* ws, cudaStream_t stream) {
   static bool configured = false;
   if (!configured) {
     cudaError_t e = cudaFuncSetAttribute(wgmma_kernel<T, DQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (e != cudaSuccess) return e;
     configured = true;
   }
-  const dim3 grid(unsigned(ceil_div(a.M, kToks)), unsigned(ceil_div(a.N, kRows)));
-  wgmma_kernel<T, DQ><<<grid, kThreads, kSmem, stream>>>(a, log2_exact(a.blocksize));
-  return cudaGetLastError();
+  const int64_t nchunks = ceil_div(a.K, kChunk);
+  const int64_t per = ceil_div(nchunks, splits < 1 ? 1 : splits);
+  const int64_t used = ceil_div(nchunks, per);  // splits that get chunks
+  const dim3 grid(unsigned(ceil_div(a.M, kToks)), unsigned(ceil_div(a.N, kRows)), unsigned(used));
+  wgmma_kernel<T, DQ><<<grid, kThreads, kSmem, stream>>>(a, log2_exact(a.blocksize), per, splits > 1 ? ws : nullptr);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess || splits <= 1) return e;
+  return linear_4bit_finish_splits(a, ws, stream);
 }
 
 }  // namespace
@@ -302,21 +318,34 @@ bool linear_4bit_wgmma_supported(const Linear4bitArgs& a) {
 #endif
 }
 
+int linear_4bit_wgmma_splits(const Linear4bitArgs& a) {
+  // One block per SM (kSmem); split K while the tiles alone fill less than half of the SMs,
+  // keeping at least 4 chunks per split.
+  const int64_t tiles = ceil_div(a.M, kToks) * ceil_div(a.N, kRows);
+  const int64_t sms = sm_count(), nchunks = ceil_div(a.K, kChunk);
+  if (tiles <= 0 || tiles * 2 > sms) return 1;
+  int64_t s = sms / tiles;
+  if (s > nchunks / 4) s = nchunks / 4;
+  return int(s < 1 ? 1 : s);
+}
+
 bool linear_4bit_wgmma_preferred(const Linear4bitArgs& a) {
-  // Measured on an H100 (benchmarks/RESULTS.md): from 64 to 256 tokens it beats the tiled kernel
-  // and dequantize + cuBLAS when its row tiles alone nearly fill the GPU; with few row tiles, or
-  // at 1024 tokens and more, it loses.
-  return a.M >= 64 && a.M <= 256 && ceil_div(a.N, kRows) * 4 >= int64_t(sm_count()) * 3 &&
+  // Measured on an H100 (benchmarks/RESULTS.md, session 4): from 64 to 256 tokens it beats the
+  // tiled kernel and dequantize + cuBLAS on every Llama shape (narrow layers through split-K),
+  // except on small weights at 64 tokens (4096 x 4096: tiled 0.025 ms, wgmma 0.027); at 1024
+  // tokens and more it loses to dequantize + cuBLAS.
+  return a.M >= 64 && a.M <= 256 && (a.M > 64 || a.N * a.K >= (int64_t(1) << 25)) &&
          linear_4bit_wgmma_supported(a);
 }
 
-cudaError_t linear_4bit_wgmma(const Linear4bitArgs& a, cudaStream_t stream) {
+cudaError_t linear_4bit_wgmma(const Linear4bitArgs& a, int splits, float* workspace, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return cudaSuccess;
-  if (!linear_4bit_wgmma_supported(a)) return cudaErrorInvalidValue;
+  if (!linear_4bit_wgmma_supported(a) || (splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
   const bool dq = a.scales.nested();
   if (a.dtype == DType::BF16)
-    return dq ? launch<__nv_bfloat16, true>(a, stream) : launch<__nv_bfloat16, false>(a, stream);
-  return dq ? launch<__half, true>(a, stream) : launch<__half, false>(a, stream);
+    return dq ? launch<__nv_bfloat16, true>(a, splits, workspace, stream)
+              : launch<__nv_bfloat16, false>(a, splits, workspace, stream);
+  return dq ? launch<__half, true>(a, splits, workspace, stream) : launch<__half, false>(a, splits, workspace, stream);
 }
 
 }  // namespace kbit::cuda

@@ -160,14 +160,17 @@ at::Tensor linear_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const
   args.C = out.data_ptr();
   if (path == Path::Skinny) {
     check_launch(cuda::linear_4bit_skinny(args, stream), "linear_4bit skinny");
-  } else if (path == Path::Wgmma) {
-    check_launch(cuda::linear_4bit_wgmma(args, stream), "linear_4bit wgmma");
   } else {
-    const int splits = cuda::linear_4bit_tiled_splits(args);
+    // Split K: partial sums meet in a zeroed float32 workspace, then one pass casts them.
+    const bool wgmma = path == Path::Wgmma;
+    const int splits = wgmma ? cuda::linear_4bit_wgmma_splits(args) : cuda::linear_4bit_tiled_splits(args);
     at::Tensor ws;
     if (splits > 1) ws = at::zeros({M, N}, A.options().dtype(at::kFloat));
-    check_launch(cuda::linear_4bit_tiled(args, splits, splits > 1 ? ws.data_ptr<float>() : nullptr, stream),
-                 "linear_4bit tiled");
+    float* wsp = splits > 1 ? ws.data_ptr<float>() : nullptr;
+    if (wgmma)
+      check_launch(cuda::linear_4bit_wgmma(args, splits, wsp, stream), "linear_4bit wgmma");
+    else
+      check_launch(cuda::linear_4bit_tiled(args, splits, wsp, stream), "linear_4bit tiled");
   }
   return out.view(out_shape);
 }
