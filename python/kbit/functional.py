@@ -92,9 +92,7 @@ def quantize_4bit(
     packed, absmax = _ops.quantize_4bit(A, blocksize, quant_type, quant_storage)
     offset = nested = None
     if double_quant:
-        # Summed in float64 and rounded once, so the offset (and every nested byte) is the same on
-        # any device and matches bitsandbytes' vectors; a float32 mean depends on summation order.
-        offset = (absmax.sum(dtype=torch.float64).float() * (1.0 / max(absmax.numel(), 1))).to(torch.float32)
+        offset = _absmax_mean(absmax)
         qabsmax, nested = quantize_blockwise(absmax - offset, blocksize=NESTED_BLOCKSIZE)
         absmax = qabsmax
     state = QuantState(
@@ -108,6 +106,26 @@ def quantize_4bit(
         nested=nested,
     )
     return packed, state
+
+
+# Elements of absmax summed per float64 conversion in _absmax_mean (a 512 KB temporary).
+_MEAN_CHUNK = 1 << 16
+
+
+def _absmax_mean(absmax: torch.Tensor) -> torch.Tensor:
+    """The double-quantization offset: the float32 mean of absmax, summed in float64 and rounded
+    once, so that it (and every nested byte) is the same on any device and matches bitsandbytes'
+    vectors (a float32 sum depends on the summation order). Summed in chunks: sum(dtype=float64)
+    converts its whole input first, and a float64 copy of a large layer's absmax (7 MB for
+    14336 x 4096) would raise the peak memory of loading, which quantizes while the layer's float
+    weight is still held."""
+    flat = absmax.reshape(-1)
+    parts = [flat[i : i + _MEAN_CHUNK].sum(dtype=torch.float64) for i in range(0, flat.numel(), _MEAN_CHUNK)]
+    if not parts:
+        total = torch.zeros((), dtype=torch.float64, device=absmax.device)
+    else:
+        total = parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+    return (total.float() * (1.0 / max(flat.numel(), 1))).to(torch.float32)
 
 
 def dequantize_4bit(packed: torch.Tensor, state: QuantState, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
