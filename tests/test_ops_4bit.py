@@ -69,6 +69,19 @@ def test_double_quant_round_trip_close_to_single():
     assert err2 < err1 * 1.02
 
 
+
+@pytest.mark.parametrize("blocks", [1, 65536, 65537, 3 * 65536 + 5])
+def test_double_quant_offset_is_the_float64_mean(blocks):
+    """The offset is summed in chunks (no float64 copy of absmax); it must equal the float32 mean
+    summed in float64 in one pass, chunk boundaries included."""
+    A = torch.randn(blocks * 64) * torch.rand(blocks).repeat_interleave(64) * 3
+    _, single = F.quantize_4bit(A, double_quant=False)
+    _, state = F.quantize_4bit(A, double_quant=True)
+    absmax = single.absmax
+    expected = (absmax.sum(dtype=torch.float64).float() * (1.0 / absmax.numel())).to(torch.float32)
+    assert state.offset.dtype == torch.float32 and torch.equal(state.offset.reshape(()), expected.reshape(()))
+
+
 @pytest.mark.parametrize("shape", [(0,), (0, 7), (1,), (3,), (65,), (2, 3, 5)])
 def test_any_shape(shape):
     A = torch.randn(shape)
