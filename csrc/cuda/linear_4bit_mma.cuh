@@ -29,9 +29,29 @@
 #include "cuda/common.cuh"
 #include "cuda/linear_4bit.cuh"
 
+#include <type_traits>
+
 namespace kbit::cuda::mma {
 
 constexpr int kLutBytes = 256 * 32 * 4;
+
+// Calls f(T{}, std::bool_constant<DQ>{}) for the arguments' activation type (bf16 or fp16) and
+// whether the absmax is double-quantized: the launchers' one type switch.
+template <typename F>
+cudaError_t with_types(const Linear4bitArgs& a, F&& f) {
+  const bool dq = a.scales.nested();
+  if (a.dtype == DType::BF16) return dq ? f(__nv_bfloat16{}, std::true_type{}) : f(__nv_bfloat16{}, std::false_type{});
+  return dq ? f(__half{}, std::true_type{}) : f(__half{}, std::false_type{});
+}
+
+// Ways to split K so that `tiles` blocks fill `slots` (resident blocks on the GPU) once, keeping
+// at least 4 chunks per split; 1 where the tiles alone fill more than half of the slots.
+inline int split_k_ways(int64_t tiles, int64_t slots, int64_t nchunks) {
+  if (tiles <= 0 || tiles * 2 > slots) return 1;
+  int64_t s = slots / tiles;
+  if (s > nchunks / 4) s = nchunks / 4;
+  return int(s < 1 ? 1 : s);
+}
 
 // Fills the replicated byte table (kLutBytes of shared memory) for code `qt` in type T.
 template <typename T>

@@ -281,13 +281,6 @@ cudaError_t pick(const Linear4bitArgs& a, cudaStream_t stream) {
   }
 }
 
-template <typename T>
-cudaError_t dispatch(const Linear4bitArgs& a, cudaStream_t stream) {
-  const bool dq = a.scales.nested();
-  if (a.M <= 8) return dq ? pick<T, 1, true>(a, stream) : pick<T, 1, false>(a, stream);
-  return dq ? pick<T, 2, true>(a, stream) : pick<T, 2, false>(a, stream);
-}
-
 }  // namespace
 
 bool linear_4bit_fusable(const Linear4bitArgs& a) {
@@ -299,7 +292,11 @@ bool linear_4bit_fusable(const Linear4bitArgs& a) {
 cudaError_t linear_4bit_skinny(const Linear4bitArgs& a, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return cudaSuccess;
   if (a.M > 16 || !linear_4bit_fusable(a)) return cudaErrorInvalidValue;
-  return a.dtype == DType::BF16 ? dispatch<__nv_bfloat16>(a, stream) : dispatch<__half>(a, stream);
+  return mma::with_types(a, [&](auto t, auto dq) {
+    using T = decltype(t);
+    constexpr bool kDQ = decltype(dq)::value;
+    return a.M <= 8 ? pick<T, 1, kDQ>(a, stream) : pick<T, 2, kDQ>(a, stream);
+  });
 }
 
 }  // namespace kbit::cuda

@@ -230,34 +230,24 @@ cudaError_t linear_4bit_finish_splits(const Linear4bitArgs& a, const float* ws, 
   const int64_t total = a.M * a.N;
   const int64_t blocks = ceil_div(total, 256);
   const int grid = int(blocks < int64_t(sm_count()) * 8 ? blocks : int64_t(sm_count()) * 8);
-  if (a.dtype == DType::BF16)
-    finish_kernel<<<grid, 256, 0, stream>>>(ws, static_cast<const __nv_bfloat16*>(a.bias),
-                                            static_cast<__nv_bfloat16*>(a.C), a.M, a.N);
-  else
-    finish_kernel<<<grid, 256, 0, stream>>>(ws, static_cast<const __half*>(a.bias), static_cast<__half*>(a.C), a.M,
-                                            a.N);
-  return cudaGetLastError();
+  return mma::with_types(a, [&](auto t, auto) {
+    using T = decltype(t);
+    finish_kernel<<<grid, 256, 0, stream>>>(ws, static_cast<const T*>(a.bias), static_cast<T*>(a.C), a.M, a.N);
+    return cudaGetLastError();
+  });
 }
 
 int linear_4bit_tiled_splits(const Linear4bitArgs& a) {
-  const int64_t tiles = ceil_div(a.M, kToks) * ceil_div(a.N, kRows);
-  const int64_t slots = int64_t(sm_count()) * blocks_per_sm();
-  const int64_t nchunks = ceil_div(a.K, kChunk);
-  if (tiles <= 0 || tiles * 2 > slots) return 1;
-  // Enough splits to fill the GPU once, keeping at least 4 chunks per split.
-  int64_t s = slots / tiles;
-  if (s > nchunks / 4) s = nchunks / 4;
-  return int(s < 1 ? 1 : s);
+  return mma::split_k_ways(ceil_div(a.M, kToks) * ceil_div(a.N, kRows), int64_t(sm_count()) * blocks_per_sm(),
+                           ceil_div(a.K, kChunk));
 }
 
 cudaError_t linear_4bit_tiled(const Linear4bitArgs& a, int splits, float* workspace, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return cudaSuccess;
   if (!linear_4bit_fusable(a) || (splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
-  const bool dq = a.scales.nested();
-  if (a.dtype == DType::BF16)
-    return dq ? launch<__nv_bfloat16, true>(a, splits, workspace, stream)
-              : launch<__nv_bfloat16, false>(a, splits, workspace, stream);
-  return dq ? launch<__half, true>(a, splits, workspace, stream) : launch<__half, false>(a, splits, workspace, stream);
+  return mma::with_types(a, [&](auto t, auto dq) {
+    return launch<decltype(t), decltype(dq)::value>(a, splits, workspace, stream);
+  });
 }
 
 }  // namespace kbit::cuda

@@ -319,14 +319,8 @@ bool linear_4bit_wgmma_supported(const Linear4bitArgs& a) {
 }
 
 int linear_4bit_wgmma_splits(const Linear4bitArgs& a) {
-  // One block per SM (kSmem); split K while the tiles alone fill less than half of the SMs,
-  // keeping at least 4 chunks per split.
-  const int64_t tiles = ceil_div(a.M, kToks) * ceil_div(a.N, kRows);
-  const int64_t sms = sm_count(), nchunks = ceil_div(a.K, kChunk);
-  if (tiles <= 0 || tiles * 2 > sms) return 1;
-  int64_t s = sms / tiles;
-  if (s > nchunks / 4) s = nchunks / 4;
-  return int(s < 1 ? 1 : s);
+  // One block per SM (kSmem).
+  return mma::split_k_ways(ceil_div(a.M, kToks) * ceil_div(a.N, kRows), sm_count(), ceil_div(a.K, kChunk));
 }
 
 bool linear_4bit_wgmma_preferred(const Linear4bitArgs& a) {
@@ -341,11 +335,9 @@ bool linear_4bit_wgmma_preferred(const Linear4bitArgs& a) {
 cudaError_t linear_4bit_wgmma(const Linear4bitArgs& a, int splits, float* workspace, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return cudaSuccess;
   if (!linear_4bit_wgmma_supported(a) || (splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
-  const bool dq = a.scales.nested();
-  if (a.dtype == DType::BF16)
-    return dq ? launch<__nv_bfloat16, true>(a, splits, workspace, stream)
-              : launch<__nv_bfloat16, false>(a, splits, workspace, stream);
-  return dq ? launch<__half, true>(a, splits, workspace, stream) : launch<__half, false>(a, splits, workspace, stream);
+  return mma::with_types(a, [&](auto t, auto dq) {
+    return launch<decltype(t), decltype(dq)::value>(a, splits, workspace, stream);
+  });
 }
 
 }  // namespace kbit::cuda

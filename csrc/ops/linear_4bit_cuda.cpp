@@ -1,8 +1,9 @@
 // CUDA registration of linear_4bit (schema in schemas.cpp): C = A @ dequant(W)^T + bias.
 // Picks the kernel by the number of tokens M (rows of A flattened to 2-D):
 //   M <= 16           fused skinny kernel (decode GEMV on tensor cores)
-//   64 <= M <= 256    on Hopper (sm_90a build, compute capability 9.0) with enough weight rows to
-//                     fill the GPU (cuda::linear_4bit_wgmma_preferred): the fused wgmma kernel
+//   64 <= M <= 256    on Hopper (sm_90a build, compute capability 9.0): the fused wgmma kernel, K
+//                     split across blocks on narrow layers (cuda::linear_4bit_wgmma_preferred
+//                     leaves 64 tokens on small weights to the tiled kernel)
 //   16 < M <= 128     otherwise: fused tiled kernel (KBIT_LINEAR4_TILED_MAX moves the limit)
 //   larger, or shapes the fused kernels do not take (K % 32 != 0, unaligned, float32 A):
 //                     dequantize W into an (N, K) buffer of A's dtype, then cuBLAS (at::addmm).
