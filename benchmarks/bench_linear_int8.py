@@ -3,7 +3,9 @@ forward (bnb.matmul with a MatmulLtState), measured in one process with the L2 f
 every call (timing.py); plus int8_vectorwise_quant's bandwidth against a device copy.
 
 Activations are bf16 randn with a handful of outlier columns (|x| ~ 8-12, as LLM.int8() sees in
-large models); threshold 6.0 treats them in 16-bit, threshold 0.0 quantizes everything.
+large models); threshold 6.0 treats them in 16-bit, threshold 0.0 quantizes everything. From 33
+tokens up, kbit's other GEMM paths are also timed, forced with KBIT_INT8_PATH (printed as "#" lines
+and kept in the JSON), to check the default dispatch against them.
 
     python benchmarks/bench_linear_int8.py [--shapes 4096x4096,...] [--tokens 1,4,...] [--json out.json]
 """
@@ -61,14 +63,17 @@ def bench_linear(timer, bnb, shapes, tokens):
         for M in tokens:
             A = make_inputs(M, K, gen)
             ms = {name: timer(lambda f=f: f(A)) for name, f in fns.items()}
-            if 32 < M <= 256:  # the skinny kernel beyond its default range, for tuning the switch
-                os.environ["KBIT_INT8_SKINNY_MAX_M"] = "100000"
-                ms["kbit t6 skinny"] = timer(lambda: fns["kbit t6"](A))
-                ms["kbit t0 skinny"] = timer(lambda: fns["kbit t0"](A))
-                del os.environ["KBIT_INT8_SKINNY_MAX_M"]
-                sk = ms["kbit t6 skinny"], ms["kbit t0 skinny"]
-                print(f"# {N}x{K} M={M}: skinny t6 {sk[0]:.4f} ms, t0 {sk[1]:.4f} ms "
-                      f"(vs _int_mm t6 {ms['kbit t6']:.4f}, t0 {ms['kbit t0']:.4f})")
+            if M > 32:  # the other kernels kbit has for this M, forced (KBIT_INT8_PATH), same run
+                for path in ("intmm", "skinny"):
+                    if path == "skinny" and M > 256:
+                        continue
+                    os.environ["KBIT_INT8_PATH"] = path
+                    ms[f"kbit t6 {path}"] = timer(lambda: fns["kbit t6"](A))
+                    ms[f"kbit t0 {path}"] = timer(lambda: fns["kbit t0"](A))
+                    del os.environ["KBIT_INT8_PATH"]
+                    print(f"# {N}x{K} M={M}: {path} t6 {ms[f'kbit t6 {path}']:.4f} ms, "
+                          f"t0 {ms[f'kbit t0 {path}']:.4f} ms (default t6 {ms['kbit t6']:.4f}, "
+                          f"t0 {ms['kbit t0']:.4f})")
             # Accuracy beside the timing: each int8 output against the bf16 layer's output.
             ref = fns["bf16"](A).float()
             err = {name: ((fns[name](A).float() - ref).norm() / ref.norm()).item()

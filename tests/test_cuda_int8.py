@@ -1,6 +1,7 @@
 """LLM.int8() CUDA kernels against the CPU ops (the reference), bitsandbytes' vectors and, where it
 imports, bitsandbytes itself: exact int8 values for the quantization, tolerances for the linears."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -194,15 +195,20 @@ def test_linear_8bit_3d_empty_and_graph():
     assert out.shape == (2, 3, 64)
     assert ops.linear_8bit(A[:0], CB, SCB, 6.0, None).shape == (0, 3, 64)
     assert ops.linear_8bit(A[..., :0], CB[:, :0], SCB, 6.0, None).abs().sum() == 0
-    # No host syncs: the op captures into a CUDA graph and replays with new data, outliers included.
-    for M in (4, 80):
-        static_in = activations(M, 128, torch.bfloat16).to(DEV)
+    if os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING"):
+        return  # graph capture needs the caching allocator (this env is set for compute-sanitizer)
+    # No host syncs: the op captures into a CUDA graph and replays with new data, outliers included
+    # (80 tokens: cuBLAS; 200 tokens x 8192 features: the wgmma kernel on Hopper, K split 2 ways).
+    for M, N, K in ((4, 64, 128), (80, 64, 128), (200, 8192, 1024)):
+        CB, SCB = weight(N, K)
+        CB, SCB = CB.to(DEV), SCB.to(DEV)
+        static_in = activations(M, K, torch.bfloat16).to(DEV)
         ops.linear_8bit(static_in, CB, SCB, 6.0, None)  # warm-up (cuBLAS handles, allocations)
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             static_out = ops.linear_8bit(static_in, CB, SCB, 6.0, None)
-        new = activations(M, 128, torch.bfloat16)
+        new = activations(M, K, torch.bfloat16)
         static_in.copy_(new)
         g.replay()
         torch.cuda.synchronize()
@@ -259,6 +265,38 @@ def test_kernel_path_sweep(dtype):
             tol = 1e-5 if dtype == torch.float32 else 8e-3
             torch.testing.assert_close(got.double(), exact, rtol=tol, atol=tol * exact.abs().max().item(),
                                        msg=lambda m: f"M={M} N={N} K={K} t={threshold}: {m}")
+
+
+# Each GEMM path forced (KBIT_INT8_PATH; a path that cannot take a shape falls back): token
+# counts past one 128-token tile, N not a multiple of the 256-feature tile, K not a multiple of
+# the 128-byte stage, split-K (few tokens, long K), and more outlier columns than the Wo gather.
+PATH_SHAPES = [(33, 264, 4112), (300, 520, 1040), (1000, 256, 4096), (129, 8, 16), (257, 4104, 272),
+               (64, 136, 8192)]
+
+
+@pytest.mark.parametrize("path", ["skinny", "wgmma", "intmm"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_8bit_forced_paths(monkeypatch, path, dtype):
+    monkeypatch.setenv("KBIT_INT8_PATH", path)
+    for M, N, K in PATH_SHAPES:
+        if path == "skinny" and M > 300:
+            continue
+        for threshold in (0.0, 6.0):
+            A = activations(M, K, dtype, n_outlier_cols=70 if K == 4112 else 5)
+            CB, SCB = weight(N, K)
+            bias = torch.randn(N).to(dtype) if M % 2 else None
+            got = ops.linear_8bit(A.to(DEV), CB.to(DEV), SCB.to(DEV), threshold,
+                                  bias.to(DEV) if bias is not None else None).cpu()
+            exact = linear_8bit_f64(A, CB, SCB, threshold, bias)
+            tol = 1e-5 if dtype == torch.float32 else 8e-3
+            torch.testing.assert_close(got.double(), exact, rtol=tol, atol=tol * exact.abs().max().item(),
+                                       msg=lambda m: f"{path} M={M} N={N} K={K} t={threshold}: {m}")
+        # int8_linear (already quantized activations, no outliers) takes the same GEMM.
+        q, stats, _ = ops.int8_vectorwise_quant(A.to(DEV), 0.0)
+        got = ops.int8_linear(q, CB.to(DEV), stats, SCB.to(DEV), None, dtype).cpu()
+        ref = ops.int8_linear(q.cpu(), CB, stats.cpu(), SCB, None, dtype)
+        tol = 1e-5 if dtype == torch.float32 else 8e-3
+        torch.testing.assert_close(got.double(), ref.double(), rtol=tol, atol=tol * ref.abs().max().item())
 
 
 # ---- checks and registration ------------------------------------------------------------------

@@ -141,6 +141,15 @@ __device__ __forceinline__ void load8(const T* A, int64_t i, int64_t n, bool vec
   }
 }
 
+// Ways to split K so that `tiles` blocks fill `slots` (resident blocks on the GPU) once, keeping
+// at least 4 chunks (K tiles) per split; 1 where the tiles alone fill more than half of the slots.
+inline int split_k_ways(int64_t tiles, int64_t slots, int64_t nchunks) {
+  if (tiles <= 0 || tiles * 2 > slots) return 1;
+  int64_t s = slots / tiles;
+  if (s > nchunks / 4) s = nchunks / 4;
+  return int(s < 1 ? 1 : s);
+}
+
 // Blocks for a grid-stride loop over `items` with `per_block` per block, capped at 16 per SM.
 inline int grid_for(int64_t items, int per_block) {
   const int64_t blocks = ceil_div(items, per_block);

@@ -7,8 +7,10 @@
 //   M small:  int8_linear_small      tensor-core skinny GEMM streaming W at bandwidth, with the
 //                                    dequantization, outlier product and bias in its epilogue
 //   M large:  int8_outlier_prep      sorted outlier list, q zeroed in outlier columns, W's
-//                                    outlier columns gathered;  then at::_int_mm (ops layer);
-//             int8_dequant_epilogue  int32 -> dtype with row/col scales, outlier product, bias
+//                                    outlier columns gathered; then
+//             Hopper: int8_gemm_wgmma  the int8 GEMM with the epilogue below fused in
+//             else:   at::_int_mm (ops layer) and
+//                     int8_dequant_epilogue  int32 -> dtype with row/col scales, outlier product, bias
 // No step reads anything back to the host, so shapes are static (CUDA graphs, torch.compile).
 #pragma once
 #include <cuda_runtime.h>
@@ -59,5 +61,20 @@ cudaError_t int8_dequant_epilogue(const int32_t* C, const float* a_stats, const 
                                   const int32_t* count, const int8_t* Wo, const int8_t* W, int64_t K,
                                   const void* A, int a_dtype, void* out, int out_dtype,
                                   cudaStream_t stream);
+
+// Hopper (sm_90a build on a compute capability 9.0 device): out = int8_dequant_epilogue's formula
+// applied to Aq @ W^T, computed on warpgroup MMAs in the same kernel. Needs K % 16 == 0,
+// N % 8 == 0 and 16-byte aligned Aq and W; with count (not null), Aq zeroed in the listed columns
+// and list / Wo as int8_outlier_prep makes them. splits > 1 splits K across blocks: workspace then
+// holds int8_gemm_wgmma_workspace(M, N, splits) int32 zeros (it is left dirty).
+bool int8_gemm_wgmma_supported(int64_t M, int64_t N, int64_t K);
+// Ways to split K so that few-token problems fill the GPU (1: no workspace needed).
+int int8_gemm_wgmma_splits(int64_t M, int64_t N, int64_t K);
+// int32 elements of workspace for `splits` (0 for 1).
+int64_t int8_gemm_wgmma_workspace(int64_t M, int64_t N, int splits);
+cudaError_t int8_gemm_wgmma(const int8_t* Aq, const float* a_stats, const int8_t* W, const float* w_stats,
+                            const float* bias, int64_t M, int64_t N, int64_t K, const int32_t* list,
+                            const int32_t* count, const int8_t* Wo, const void* A, int a_dtype, void* out,
+                            int out_dtype, int splits, int32_t* workspace, cudaStream_t stream);
 
 }  // namespace kbit::cuda

@@ -12,8 +12,9 @@
 // pass (one launch less on the latency-bound decode path).
 //
 // int8_outlier_prep: every block ranks the mask's set bits with a block scan (the mask is K/8
-// bytes), then each thread handles the bits of its words: block 0 writes the sorted list and the
-// count, and each block zeroes its slice of q's rows and gathers its slice of W's outlier columns.
+// bytes) and stages them kOutlierGather at a time in shared memory: block 0 writes the sorted list
+// and the count, and each block zeroes its slice of q's rows and gathers its slice of W's outlier
+// columns, the (row, column) pairs spread over all its threads so the scattered reads overlap.
 #include <algorithm>
 
 #include "cuda/int8_common.cuh"
@@ -192,27 +193,29 @@ __global__ void __launch_bounds__(kThreads)
                         int64_t n_per_block, int8_t* __restrict__ Wo, int32_t* __restrict__ list32,
                         int64_t* __restrict__ list64, int32_t* __restrict__ count) {
   __shared__ int scratch[32];
+  __shared__ int s_list[kOutlierGather];
   OutlierWalk walk;
   walk.begin(colmask, cols, scratch);
   if (blockIdx.x == 0 && threadIdx.x == 0) *count = walk.total;
-  const int64_t r0 = int64_t(blockIdx.x) * rows_per_block, r1 = min(rows, r0 + rows_per_block);
-  const int64_t n0 = int64_t(blockIdx.x) * n_per_block, n1 = min(N, n0 + n_per_block);
-  int rank = walk.first;
-  for (int w = walk.w0; w < walk.w1; ++w) {
-    uint32_t bits = colmask[w];
-    while (bits) {
-      const int64_t c = int64_t(w) * 32 + (__ffs(bits) - 1);
-      bits &= bits - 1;
-      if (blockIdx.x == 0) {
-        if (list32) list32[rank] = int32_t(c);
-        if (list64) list64[rank] = c;
+  const int64_t r0 = int64_t(blockIdx.x) * rows_per_block, nr = max(int64_t(0), min(rows, r0 + rows_per_block) - r0);
+  const int64_t n0 = int64_t(blockIdx.x) * n_per_block, nn = max(int64_t(0), min(N, n0 + n_per_block) - n0);
+  for (int base = 0; base < walk.total; base += kOutlierGather) {
+    const int cnt = min(kOutlierGather, walk.total - base);
+    walk.fill(base, kOutlierGather, s_list);
+    __syncthreads();
+    if (blockIdx.x == 0)
+      for (int j = threadIdx.x; j < cnt; j += kThreads) {
+        if (list32) list32[base + j] = s_list[j];
+        if (list64) list64[base + j] = s_list[j];
       }
-      if (q)
-        for (int64_t r = r0; r < r1; ++r) q[r * cols + c] = 0;
-      if (Wo && rank < kOutlierGather)
-        for (int64_t n = n0; n < n1; ++n) Wo[int64_t(rank) * N + n] = W[n * cols + c];
-      ++rank;
-    }
+    if (q)
+      for (int64_t i = threadIdx.x; i < cnt * nr; i += kThreads) q[(r0 + i / cnt) * cols + s_list[i % cnt]] = 0;
+    if (Wo && base == 0)
+      for (int64_t i = threadIdx.x; i < cnt * nn; i += kThreads) {
+        const int64_t j = i / nn, n = n0 + i % nn;
+        Wo[j * N + n] = W[n * cols + s_list[j]];
+      }
+    __syncthreads();
   }
 }
 

@@ -44,15 +44,6 @@ cudaError_t with_types(const Linear4bitArgs& a, F&& f) {
   return dq ? f(__half{}, std::true_type{}) : f(__half{}, std::false_type{});
 }
 
-// Ways to split K so that `tiles` blocks fill `slots` (resident blocks on the GPU) once, keeping
-// at least 4 chunks per split; 1 where the tiles alone fill more than half of the slots.
-inline int split_k_ways(int64_t tiles, int64_t slots, int64_t nchunks) {
-  if (tiles <= 0 || tiles * 2 > slots) return 1;
-  int64_t s = slots / tiles;
-  if (s > nchunks / 4) s = nchunks / 4;
-  return int(s < 1 ? 1 : s);
-}
-
 // Fills the replicated byte table (kLutBytes of shared memory) for code `qt` in type T.
 template <typename T>
 __device__ __forceinline__ void fill_lut(uint4* lut, int qt) {

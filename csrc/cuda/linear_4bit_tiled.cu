@@ -238,7 +238,7 @@ cudaError_t linear_4bit_finish_splits(const Linear4bitArgs& a, const float* ws, 
 }
 
 int linear_4bit_tiled_splits(const Linear4bitArgs& a) {
-  return mma::split_k_ways(ceil_div(a.M, kToks) * ceil_div(a.N, kRows), int64_t(sm_count()) * blocks_per_sm(),
+  return split_k_ways(ceil_div(a.M, kToks) * ceil_div(a.N, kRows), int64_t(sm_count()) * blocks_per_sm(),
                            ceil_div(a.K, kChunk));
 }
 

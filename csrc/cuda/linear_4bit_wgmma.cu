@@ -320,7 +320,7 @@ bool linear_4bit_wgmma_supported(const Linear4bitArgs& a) {
 
 int linear_4bit_wgmma_splits(const Linear4bitArgs& a) {
   // One block per SM (kSmem).
-  return mma::split_k_ways(ceil_div(a.M, kToks) * ceil_div(a.N, kRows), sm_count(), ceil_div(a.K, kChunk));
+  return split_k_ways(ceil_div(a.M, kToks) * ceil_div(a.N, kRows), sm_count(), ceil_div(a.K, kChunk));
 }
 
 bool linear_4bit_wgmma_preferred(const Linear4bitArgs& a) {

@@ -2,15 +2,19 @@
 // cuda/int8.cuh). Inputs are checked as on the CPU; work buffers come from torch's caching
 // allocator; kernels run on the current stream.
 //
-// int8 GEMM by token count M: up to kSmallM tokens (and for shapes at::_int_mm refuses) the
-// skinny tensor-core kernel reads W once at memory bandwidth with everything fused; above, cuBLAS'
-// int8 GEMM through at::_int_mm (int32 out) and one fused epilogue pass.
+// int8 GEMM by token count M: up to kSmallM tokens (64 on narrow layers, and for shapes the
+// others refuse) the skinny tensor-core kernel reads W once at memory bandwidth with everything
+// fused; above, on Hopper, the wgmma kernel with its epilogue fused (K split across blocks when the
+// tiles are few) from 512 tokens, or past 128 on wide layers; elsewhere cuBLAS' int8 GEMM through
+// at::_int_mm (int32 out) and one fused epilogue pass. choose_path() has the measured rule.
+// KBIT_INT8_PATH=skinny|wgmma|intmm forces a path where it applies (benchmarks, tests).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "cuda/int8.cuh"
@@ -23,10 +27,25 @@ namespace {
 
 constexpr int64_t kSmallM = 32;
 
-// Tokens up to which the skinny kernel runs; KBIT_INT8_SKINNY_MAX_M overrides it (for tuning).
-int64_t skinny_max_m() {
-  const char* v = std::getenv("KBIT_INT8_SKINNY_MAX_M");
-  return v ? std::atoll(v) : kSmallM;
+enum class Path { Skinny, Wgmma, IntMm };
+
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+Path choose_path(int64_t M, int64_t N, int64_t K, const at::Tensor& q, const at::Tensor& w) {
+  const bool wgmma_ok = cuda::int8_gemm_wgmma_supported(M, N, K) && aligned16(q) && aligned16(w);
+  // cuBLAS int8 GEMM via at::_int_mm: it wants more than 16 rows and K, N multiples of 8.
+  const bool int_mm_ok = M > 16 && K % 8 == 0 && N % 8 == 0;
+  const char* forced = std::getenv("KBIT_INT8_PATH");
+  if (forced && std::strcmp(forced, "skinny") == 0) return Path::Skinny;
+  if (forced && std::strcmp(forced, "wgmma") == 0 && wgmma_ok) return Path::Wgmma;
+  if (forced && std::strcmp(forced, "intmm") == 0 && int_mm_ok) return Path::IntMm;
+  // Measured on an H100 (benchmarks/RESULTS.md, session 5, Llama shapes, 64..4096 tokens): the
+  // skinny kernel wins to 64 tokens on 4096-feature layers; below 512 tokens the wgmma kernel
+  // (split-K there) wins only past one 128-token tile on wide layers (14336 and 28672 features at
+  // 256 tokens), cuBLAS elsewhere.
+  if (M <= kSmallM || (M <= 64 && N <= 4096)) return Path::Skinny;
+  if (wgmma_ok && (M >= 512 || (M > 128 && N >= 8192))) return Path::Wgmma;
+  return int_mm_ok ? Path::IntMm : Path::Skinny;
 }
 
 int dtype_code(at::ScalarType s) {
@@ -59,11 +78,6 @@ T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr;
 }
 
-// cuBLAS int8 GEMM via at::_int_mm: it wants more than 16 rows and K, N multiples of 8.
-bool use_int_mm(int64_t M, int64_t N, int64_t K) {
-  return M > skinny_max_m() && M > 16 && K > 0 && K % 8 == 0 && N % 8 == 0;
-}
-
 // out (M x N) = dequantized q @ W^T + bias [+ outlier product over colmask's columns, from A].
 void int8_gemm(const at::Tensor& q, const at::Tensor& rs, const at::Tensor& w, const at::Tensor& ws,
                const at::Tensor& bias, const at::Tensor& colmask, const at::Tensor& A, int64_t M, int64_t N,
@@ -72,7 +86,8 @@ void int8_gemm(const at::Tensor& q, const at::Tensor& rs, const at::Tensor& w, c
   const int a_code = A.defined() ? dtype_code(A.scalar_type()) : cuda::kI8F32;
   const int out_code = dtype_code(out.scalar_type());
   const void* a_ptr = A.defined() ? A.data_ptr() : nullptr;
-  if (!use_int_mm(M, N, K)) {
+  const Path path = choose_path(M, N, K, q, w);
+  if (path == Path::Skinny) {
     check_launch(cuda::int8_linear_small(q.data_ptr<int8_t>(), rs.data_ptr<float>(), w.data_ptr<int8_t>(),
                                          ws.data_ptr<float>(), ptr_or_null<float>(bias),
                                          ptr_or_null<uint32_t>(colmask), a_ptr, a_code, M, N, K, out.data_ptr(),
@@ -90,6 +105,18 @@ void int8_gemm(const at::Tensor& q, const at::Tensor& rs, const at::Tensor& w, c
                                          w.data_ptr<int8_t>(), N, Wo.data_ptr<int8_t>(), list.data_ptr<int32_t>(),
                                          nullptr, count.data_ptr<int32_t>(), stream),
                  "int8_outlier_prep");
+  }
+  if (path == Path::Wgmma) {
+    const int splits = cuda::int8_gemm_wgmma_splits(M, N, K);
+    at::Tensor work;  // split-K partial sums and tile counters, zeroed
+    if (splits > 1) work = at::zeros({cuda::int8_gemm_wgmma_workspace(M, N, splits)}, q.options().dtype(at::kInt));
+    check_launch(cuda::int8_gemm_wgmma(q.data_ptr<int8_t>(), rs.data_ptr<float>(), w.data_ptr<int8_t>(),
+                                       ws.data_ptr<float>(), ptr_or_null<float>(bias), M, N, K,
+                                       ptr_or_null<int32_t>(list), ptr_or_null<int32_t>(count),
+                                       ptr_or_null<int8_t>(Wo), a_ptr, a_code, out.data_ptr(), out_code, splits,
+                                       ptr_or_null<int32_t>(work), stream),
+                 "int8_gemm_wgmma");
+    return;
   }
   const at::Tensor C = at::_int_mm(q.view({M, K}), w.t());
   check_launch(cuda::int8_dequant_epilogue(C.data_ptr<int32_t>(), rs.data_ptr<float>(), ws.data_ptr<float>(),
