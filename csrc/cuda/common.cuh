@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "cuda/blockwise_dtype.h"
+#include "cuda/dynamic_smem.cuh"
 
 namespace kbit::cuda {
 

@@ -18,12 +18,9 @@
 // zeroed workspace; the last block of a tile to finish (a counter per tile) runs the epilogue.
 // Integer sums, so the result does not depend on the order.
 #include "cuda/int8_common.cuh"
+#include "cuda/wgmma.cuh"
 
 namespace kbit::cuda {
-
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define KBIT_INT8_WGMMA_DEVICE 1
-#endif
 
 namespace {
 
@@ -57,7 +54,7 @@ struct GemmParams {
   int32_t* ws;        // split-K: M x N partial sums, then one counter per tile; null without
 };
 
-#ifdef KBIT_INT8_WGMMA_DEVICE
+#ifdef KBIT_SM90A_DEVICE
 
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
@@ -67,14 +64,6 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// cp.async writes shared memory through the generic proxy; wgmma reads it through the async one.
-__device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // Pins the accumulators around the asynchronous MMAs (no reordering of their reads and writes).
 __device__ __forceinline__ void fence_acc(int (&d)[128]) {
 #pragma unroll
@@ -120,11 +109,11 @@ __device__ __forceinline__ void store2(TO* p, float a, float b) {
   }
 }
 
-#endif  // KBIT_INT8_WGMMA_DEVICE
+#endif  // KBIT_SM90A_DEVICE
 
 template <typename TO>
 __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const GemmParams p) {
-#ifdef KBIT_INT8_WGMMA_DEVICE
+#ifdef KBIT_SM90A_DEVICE
   extern __shared__ __align__(128) uint8_t smem_raw[];
   const uint32_t raw = uint32_t(__cvta_generic_to_shared(smem_raw));
   const uint32_t sbase = (raw + 1023u) & ~1023u;
@@ -174,20 +163,20 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const GemmParams p) {
     // Tile `it` has landed for every thread, and every warpgroup is done with tile it - 2, whose
     // stage the next copy overwrites.
     cp_async_wait<kStages - 3>();
-    proxy_fence();
+    wgmma::proxy_fence();
     __syncthreads();
     if (it + kStages - 2 < nkt) load_stage((it + kStages - 2) % kStages, kt0 + it + kStages - 2);
     cp_async_commit();
     const uint32_t st = sbase + (it % kStages) * kStageBytes;
-    wgmma_fence();
+    wgmma::fence();
     fence_acc(acc);
 #pragma unroll
     for (int j = 0; j < kTileK / 32; ++j)
       wgmma_m64n256k32(acc, desc(st + wg * 64 * 128 + j * 32), desc(st + kAStage + j * 32));
-    wgmma_commit();
-    wgmma_wait<1>();
+    wgmma::commit();
+    wgmma::wait<1>();
   }
-  wgmma_wait<0>();
+  wgmma::wait<0>();
   fence_acc(acc);
 
   // Fragment element k = 4i + 2h + e: token row rl + 8h, feature column 8i + 2(lane % 4) + e.
@@ -301,12 +290,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const GemmParams p) {
 
 template <typename TO>
 cudaError_t launch(const GemmParams& p, int splits, cudaStream_t stream) {
-  static bool configured = false;
-  if (!configured) {
-    cudaError_t e = cudaFuncSetAttribute(gemm_kernel<TO>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (e != cudaSuccess) return e;
-    configured = true;
-  }
+  static bool smem_allowed[64] = {};
+  cudaError_t e = allow_dynamic_smem(gemm_kernel<TO>, kSmem, smem_allowed);
+  if (e != cudaSuccess) return e;
   const dim3 grid(unsigned(ceil_div(p.M, kTileM)), unsigned(ceil_div(p.N, kTileN)), unsigned(splits));
   gemm_kernel<TO><<<grid, kThreads, kSmem, stream>>>(p);
   return cudaGetLastError();

@@ -250,10 +250,11 @@ template <typename T, int W, int NT, int R, bool DQ, bool ONE = false>
 cudaError_t launch(const Linear4bitArgs& a, cudaStream_t stream) {
   constexpr int smem = smem_bytes<W, NT, R>();
   auto kernel = skinny_kernel<T, W, NT, R, DQ, ONE>;
+  static bool smem_allowed[64] = {};
+  cudaError_t e = allow_dynamic_smem(kernel, smem, smem_allowed);
+  if (e != cudaSuccess) return e;
   static int per_sm = -1;  // blocks per SM of this instantiation (same on every device we target)
   if (per_sm < 0) {
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (e != cudaSuccess) return e;
     int n = 0;
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, W * 32, smem);
     if (e != cudaSuccess) return e;

@@ -206,12 +206,9 @@ int blocks_per_sm() { return 2; }  // kSmem (~81 KB) twice fits in 228 KB; regis
 
 template <typename T, bool DQ>
 cudaError_t launch(const Linear4bitArgs& a, int splits, float* ws, cudaStream_t stream) {
-  static bool configured = false;
-  if (!configured) {
-    cudaError_t e = cudaFuncSetAttribute(tiled_kernel<T, DQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (e != cudaSuccess) return e;
-    configured = true;
-  }
+  static bool smem_allowed[64] = {};
+  cudaError_t e = allow_dynamic_smem(tiled_kernel<T, DQ>, kSmem, smem_allowed);
+  if (e != cudaSuccess) return e;
   const int64_t nchunks = ceil_div(a.K, kChunk);
   if (splits < 1) splits = 1;
   const int64_t per = ceil_div(nchunks, splits);
@@ -219,7 +216,7 @@ cudaError_t launch(const Linear4bitArgs& a, int splits, float* ws, cudaStream_t 
   const dim3 grid(unsigned(ceil_div(a.M, kToks)), unsigned(ceil_div(a.N, kRows)), unsigned(used));
   tiled_kernel<T, DQ><<<grid, kThreads, kSmem, stream>>>(a, log2_exact(a.blocksize), per > 0 ? per : 1,
                                                           splits > 1 ? ws : nullptr);
-  cudaError_t e = cudaGetLastError();
+  e = cudaGetLastError();
   if (e != cudaSuccess || splits <= 1) return e;
   return linear_4bit_finish_splits(a, ws, stream);
 }

@@ -20,12 +20,9 @@
 // ordered token tile fastest, so blocks sharing weight rows run together and meet them in L2.
 // Measured limits and what was tried: benchmarks/RESULTS.md (session 3).
 #include "cuda/linear_4bit_mma.cuh"
+#include "cuda/wgmma.cuh"
 
 namespace kbit::cuda {
-
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define KBIT_WGMMA_DEVICE 1
-#endif
 
 namespace {
 
@@ -38,7 +35,7 @@ constexpr int kStageBytes = 8 * kStepBytes;  // 32 KB
 constexpr int kStages = 2;
 constexpr int kSmem = mma::kLutBytes + kStages * kStageBytes + 256 * 4 + 128;
 
-#ifdef KBIT_WGMMA_DEVICE
+#ifdef KBIT_SM90A_DEVICE
 
 struct WChunk {
   uint4 w[2];
@@ -73,10 +70,6 @@ KBIT_WGMMA_M64N128K16(__half, "f16")
 #undef KBIT_WGMMA_M64N128K16
 #undef KBIT_ACC8
 
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-__device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // Keeps a register live (and unmoved) up to this point: the A registers of in-flight wgmmas must
 // not be reused before the wait.
 __device__ __forceinline__ void keep(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
@@ -166,15 +159,15 @@ __device__ __forceinline__ void store_b(uint32_t dst, const uint4 (&v)[8], uint3
 
 template <typename T>
 __device__ __forceinline__ void issue(float (&acc)[64], uint32_t (&af)[8][4], uint32_t stage) {
-  wgmma_fence();
+  wgmma::fence();
 #pragma unroll
   for (int j = 0; j < 8; ++j) wgmma_m64n128k16<T>(acc, af[j], b_desc(stage + j * kStepBytes));
-  wgmma_commit();
+  wgmma::commit();
 }
 
 template <typename T>
 __device__ __forceinline__ void retire(float (&acc)[64], uint32_t (&af)[8][4]) {
-  wgmma_wait0();
+  wgmma::wait<0>();
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -198,18 +191,18 @@ __device__ __forceinline__ void chunk(int64_t c, int64_t nchunks, float (&acc)[6
     dequant<T, DQ>(nxt, wn, lut, lane4, code8, offset);
     load_w<DQ>(wn, a, bs_log2, m.w_elem, m.w_col, m.kcols, c + 2, c + 2 < nchunks);
   }
-  proxy_fence();
+  wgmma::proxy_fence();
   retire<T>(acc, cur);
   __syncthreads();
 }
 
-#endif  // KBIT_WGMMA_DEVICE
+#endif  // KBIT_SM90A_DEVICE
 
 // Block (token tile x, row tile y, K range z): chunks [z * per, (z + 1) * per) of K. With ws, the
 // partial sums are added to it (float32 atomics) and linear_4bit_finish_splits writes C.
 template <typename T, bool DQ>
 __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, int bs_log2, int64_t per, float* ws) {
-#ifdef KBIT_WGMMA_DEVICE
+#ifdef KBIT_SM90A_DEVICE
   extern __shared__ uint4 smem_raw[];
   char* lut = reinterpret_cast<char*>(smem_raw);
   const uint32_t act = (static_cast<uint32_t>(__cvta_generic_to_shared(lut + mma::kLutBytes)) + 127u) & ~127u;
@@ -251,7 +244,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, in
   if (DQ)
     for (int i = threadIdx.x; i < 256; i += kThreads) code8[i] = a.scales.nested_code[i];
   const float offset = DQ ? __ldg(a.scales.nested_offset) : 0.0f;
-  proxy_fence();
+  wgmma::proxy_fence();
   __syncthreads();
 
   uint32_t a0[8][4], a1[8][4];
@@ -284,25 +277,22 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, in
   }
 #elif defined(__CUDA_ARCH__)
   // Device code of another target (e.g. plain sm_90 beside sm_90a): never launched on purpose
-  // (linear_4bit_wgmma_available), and loud rather than silent if it ever is.
+  // (linear_4bit_wgmma_supported), and loud rather than silent if it ever is.
   __trap();
 #endif
 }
 
 template <typename T, bool DQ>
 cudaError_t launch(const Linear4bitArgs& a, int splits, float* ws, cudaStream_t stream) {
-  static bool configured = false;
-  if (!configured) {
-    cudaError_t e = cudaFuncSetAttribute(wgmma_kernel<T, DQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (e != cudaSuccess) return e;
-    configured = true;
-  }
+  static bool smem_allowed[64] = {};
+  cudaError_t e = allow_dynamic_smem(wgmma_kernel<T, DQ>, kSmem, smem_allowed);
+  if (e != cudaSuccess) return e;
   const int64_t nchunks = ceil_div(a.K, kChunk);
   const int64_t per = ceil_div(nchunks, splits < 1 ? 1 : splits);
   const int64_t used = ceil_div(nchunks, per);  // splits that get chunks
   const dim3 grid(unsigned(ceil_div(a.M, kToks)), unsigned(ceil_div(a.N, kRows)), unsigned(used));
   wgmma_kernel<T, DQ><<<grid, kThreads, kSmem, stream>>>(a, log2_exact(a.blocksize), per, splits > 1 ? ws : nullptr);
-  cudaError_t e = cudaGetLastError();
+  e = cudaGetLastError();
   if (e != cudaSuccess || splits <= 1) return e;
   return linear_4bit_finish_splits(a, ws, stream);
 }

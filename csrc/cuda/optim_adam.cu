@@ -30,6 +30,7 @@
 #include <algorithm>
 
 #include "core/code_lookup.h"
+#include "cuda/dynamic_smem.cuh"
 #include "cuda/optim_adam.cuh"
 #include "cuda/optim_common.cuh"
 
@@ -266,17 +267,6 @@ adam_32bit_kernel(T* __restrict__ p, const T* __restrict__ g, float* __restrict_
   }
 }
 
-// The tables take more than the default 48 KB of dynamic shared memory: allow it, once per device.
-template <typename Kernel>
-cudaError_t allow_tables_smem(Kernel kernel, bool* done_per_device) {
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess || done_per_device[dev < 64 ? dev : 0]) return err;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(Tables)));
-  if (err == cudaSuccess && dev < 64) done_per_device[dev] = true;
-  return err;
-}
-
 }  // namespace
 
 template <typename T>
@@ -290,8 +280,8 @@ cudaError_t adam_update_8bit_blockwise(T* p, const T* g, uint8_t* state1, uint8_
   const bool vec = optim::aligned(p, 16) && optim::aligned(g, 16) && optim::aligned(state1, 8) &&
                    optim::aligned(state2, 8);
   auto kernel = vec ? adam_8bit_lookup_kernel<T, true> : adam_8bit_lookup_kernel<T, false>;
-  static bool done[2][64] = {};
-  cudaError_t err = allow_tables_smem(kernel, done[vec ? 1 : 0]);
+  static bool done[2][64] = {};  // the tables take more than the default 48 KB
+  cudaError_t err = allow_dynamic_smem(kernel, int(sizeof(Tables)), done[vec ? 1 : 0]);
   if (err != cudaSuccess) return err;
   kernel<<<grid, kThreads, sizeof(Tables), stream>>>(p, g, state1, state2, absmax1, absmax2, code1, code2, n, c);
   return cudaGetLastError();
