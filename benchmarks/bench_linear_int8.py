@@ -5,9 +5,12 @@ every call (timing.py); plus int8_vectorwise_quant's bandwidth against a device 
 Activations are bf16 randn with a handful of outlier columns (|x| ~ 8-12, as LLM.int8() sees in
 large models); threshold 6.0 treats them in 16-bit, threshold 0.0 quantizes everything. From 33
 tokens up, kbit's other GEMM paths are also timed, forced with KBIT_INT8_PATH (printed as "#" lines
-and kept in the JSON), to check the default dispatch against them.
+and kept in the JSON), to check the default dispatch against them. --outlier-cols sets how many
+columns hold outliers (default 6; random-weight Llama models mark most of a down projection's
+14336 input columns at 1024 tokens, which takes kbit's tensor-core outlier path past 64).
 
     python benchmarks/bench_linear_int8.py [--shapes 4096x4096,...] [--tokens 1,4,...] [--json out.json]
+                                           [--outlier-cols 6]
 """
 import argparse
 import json
@@ -22,14 +25,13 @@ from timing import Timer, copy_bandwidth, print_table, try_import_bnb
 ops = torch.ops.kbit
 SHAPES = "4096x4096,14336x4096,4096x14336,28672x8192"  # out_features x in_features
 TOKENS = "1,4,16,64,256,1024,4096"
-N_OUTLIER_COLS = 6
 
 
-def make_inputs(M, K, gen):
+def make_inputs(M, K, gen, n_outlier_cols=6):
     A = torch.randn(M, K, device="cuda", generator=gen)
-    cols = torch.randperm(K, device="cuda", generator=gen)[:N_OUTLIER_COLS]
-    A[:, cols] = (torch.rand(M, N_OUTLIER_COLS, device="cuda", generator=gen) * 4 + 8) * torch.randn(
-        M, N_OUTLIER_COLS, device="cuda", generator=gen).sign()
+    cols = torch.randperm(K, device="cuda", generator=gen)[:n_outlier_cols]
+    A[:, cols] = (torch.rand(M, len(cols), device="cuda", generator=gen) * 4 + 8) * torch.randn(
+        M, len(cols), device="cuda", generator=gen).sign()
     return A.to(torch.bfloat16)
 
 
@@ -47,7 +49,7 @@ def bnb_linear(bnb, CB, SCB, threshold):
     return lambda A: bnb.matmul(A, CB, state=state, threshold=threshold)
 
 
-def bench_linear(timer, bnb, shapes, tokens):
+def bench_linear(timer, bnb, shapes, tokens, n_outlier_cols):
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows, records = [], []
     for N, K in shapes:
@@ -61,7 +63,7 @@ def bench_linear(timer, bnb, shapes, tokens):
             fns["bnb t6"] = bnb_linear(bnb, CB, SCB, 6.0)
             fns["bnb t0"] = bnb_linear(bnb, CB, SCB, 0.0)
         for M in tokens:
-            A = make_inputs(M, K, gen)
+            A = make_inputs(M, K, gen, n_outlier_cols)
             ms = {name: timer(lambda f=f: f(A)) for name, f in fns.items()}
             if M > 32:  # the other kernels kbit has for this M, forced (KBIT_INT8_PATH), same run
                 for path in ("intmm", "skinny"):
@@ -122,6 +124,7 @@ def main():
     p.add_argument("--tokens", default=TOKENS)
     p.add_argument("--json", default=None)
     p.add_argument("--skip-quant", action="store_true")
+    p.add_argument("--outlier-cols", type=int, default=6, help="activation columns holding outliers")
     args = p.parse_args()
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its per-call bf16 -> fp16 warning
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
@@ -131,11 +134,11 @@ def main():
     bw = copy_bandwidth(timer)
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"bitsandbytes {getattr(bnb, '__version__', 'n/a')}, copy bandwidth {bw / 1e12:.2f} TB/s")
-    out = {"copy_bw": bw}
+    out = {"copy_bw": bw, "outlier_cols": args.outlier_cols}
     if not args.skip_quant:
         qh, qrows, qrec = bench_quant(timer, bw, bnb)
         out["quant"] = qrec
-    lh, lrows, lrec = bench_linear(timer, bnb, shapes, tokens)
+    lh, lrows, lrec = bench_linear(timer, bnb, shapes, tokens, args.outlier_cols)
     out["linear"] = lrec
     if args.json:
         with open(args.json, "w") as f:
@@ -143,7 +146,7 @@ def main():
     if not args.skip_quant:
         print("\n## int8_vectorwise_quant")
         print_table(qh, qrows)
-    print("\n## linear_8bit (ms per call, median, L2 flushed)")
+    print(f"\n## linear_8bit (ms per call, median, L2 flushed; {args.outlier_cols} outlier columns)")
     print_table(lh, lrows)
 
 

@@ -299,6 +299,57 @@ def test_linear_8bit_forced_paths(monkeypatch, path, dtype):
         torch.testing.assert_close(got.double(), ref.double(), rtol=tol, atol=tol * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("path", ["auto", "wgmma", "intmm"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_8bit_tensor_core_outlier_product(monkeypatch, path, dtype):
+    # Past 64 outlier columns the fused epilogues leave the outlier product to a tensor-core kernel:
+    # just past the limit, most columns, every column, with K not a multiple of 32, and A not
+    # 16-byte aligned (its scalar loads).
+    if path != "auto":
+        monkeypatch.setenv("KBIT_INT8_PATH", path)
+    cases = [(300, 520, 1040, 65, False), (300, 520, 1040, 1000, True), (1000, 256, 4096, 4096, False),
+             (129, 8, 80, 80, False), (600, 264, 1000, 700, True), (40, 4104, 2048, 1500, False),
+             (300, 264, 4096, 300, True)]
+    for M, N, K, n_out, unaligned in cases:
+        A = activations(M, K, dtype, n_outlier_cols=n_out)
+        CB, SCB = weight(N, K)
+        bias = torch.randn(N).to(dtype) if M % 2 else None
+        a = A.to(DEV)
+        if unaligned:
+            buf = torch.empty(M * K + 1, dtype=dtype, device=DEV)
+            a = buf[1:].view(M, K)
+            a.copy_(A)
+        got = ops.linear_8bit(a, CB.to(DEV), SCB.to(DEV), 6.0, bias.to(DEV) if bias is not None else None).cpu()
+        exact = linear_8bit_f64(A, CB, SCB, 6.0, bias)
+        tol = 1e-5 if dtype == torch.float32 else 8e-3
+        torch.testing.assert_close(got.double(), exact, rtol=tol, atol=tol * exact.abs().max().item(),
+                                   msg=lambda m: f"{path} M={M} N={N} K={K} outliers={n_out}: {m}")
+
+
+def test_linear_8bit_outlier_count_switches_inside_a_graph():
+    # The choice between the fused epilogue (<= 64 outlier columns) and the tensor-core outlier
+    # product is made on the device: one captured graph serves both, in either order.
+    if os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING"):
+        pytest.skip("graph capture needs the caching allocator")
+    for M, N, K in ((80, 64, 1024), (600, 8192, 1024)):
+        CB, SCB = weight(N, K)
+        CB, SCB = CB.to(DEV), SCB.to(DEV)
+        static_in = activations(M, K, torch.bfloat16, n_outlier_cols=3).to(DEV)
+        ops.linear_8bit(static_in, CB, SCB, 6.0, None)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            static_out = ops.linear_8bit(static_in, CB, SCB, 6.0, None)
+        for n_out in (900, 5, 300):
+            new = activations(M, K, torch.bfloat16, n_outlier_cols=n_out)
+            static_in.copy_(new)
+            g.replay()
+            torch.cuda.synchronize()
+            exact = linear_8bit_f64(new, CB.cpu(), SCB.cpu(), 6.0, None)
+            torch.testing.assert_close(static_out.cpu().double(), exact, rtol=8e-3,
+                                       atol=8e-3 * exact.abs().max().item())
+
+
 # ---- checks and registration ------------------------------------------------------------------
 def _bad_calls():
     CB, SCB = weight(16, 32)

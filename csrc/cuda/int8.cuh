@@ -6,11 +6,14 @@
 //   int8_row_quant       A -> q (int8), row_stats, column outlier mask (bit per column)
 //   M small:  int8_linear_small      tensor-core skinny GEMM streaming W at bandwidth, with the
 //                                    dequantization, outlier product and bias in its epilogue
-//   M large:  int8_outlier_prep      sorted outlier list, q zeroed in outlier columns, W's
-//                                    outlier columns gathered; then
+//   M large:  int8_outlier_prep      sorted outlier list, q zeroed in outlier columns, A's and
+//                                    W's first outlier columns gathered; then
 //             Hopper: int8_gemm_wgmma  the int8 GEMM with the epilogue below fused in
 //             else:   at::_int_mm (ops layer) and
 //                     int8_dequant_epilogue  int32 -> dtype with row/col scales, outlier product, bias
+//             then    int8_outlier_matmul    the outlier product on tensor cores when there are
+//                                            more than kOutlierGather outlier columns (the two
+//                                            above leave it out then); returns at once otherwise
 // No step reads anything back to the host, so shapes are static (CUDA graphs, torch.compile).
 #pragma once
 #include <cuda_runtime.h>
@@ -22,8 +25,9 @@ namespace kbit::cuda {
 // Element types of float tensors, as the ops layer passes them.
 enum Int8Dtype : int { kI8F32 = 0, kI8F16 = 1, kI8BF16 = 2 };
 
-// Outlier columns per round of the epilogues' outlier product; also the number of W columns
-// int8_outlier_prep gathers for int8_dequant_epilogue (Wo has kOutlierGather rows of N).
+// The most outlier columns the fused epilogues (int8_dequant_epilogue, int8_gemm_wgmma) take on
+// CUDA cores, and the W columns int8_outlier_prep gathers for them (Wo has kOutlierGather rows of
+// N). With more, they leave the outlier product out and int8_outlier_matmul adds it.
 constexpr int kOutlierGather = 64;
 
 // Row-wise quantization (bitsandbytes' rule, core/int8_rowwise.h): entries with |x| >= threshold
@@ -34,12 +38,29 @@ constexpr int kOutlierGather = 64;
 cudaError_t int8_row_quant(const void* A, int dtype, int64_t rows, int64_t cols, float threshold,
                            int8_t* q, float* row_stats, uint32_t* colmask, cudaStream_t stream);
 
-// From colmask (cols bits): count[0] = number of outlier columns; list32 / list64 (each may be
-// null) = their sorted indices; q (rows x cols, may be null) zeroed in those columns; and, when W
-// (N x cols) and Wo are given, Wo[j, n] = W[n, list[j]] for j < kOutlierGather.
-cudaError_t int8_outlier_prep(const uint32_t* colmask, int64_t cols, int8_t* q, int64_t rows,
-                              const int8_t* W, int64_t N, int8_t* Wo, int32_t* list32,
-                              int64_t* list64, int32_t* count, cudaStream_t stream);
+// Outlier columns past which int8_outlier_matmul gathers A's and W's outlier columns itself from
+// the list instead of reading int8_outlier_prep's compact copies (Ac, Wc) of the first ones.
+constexpr int kOutlierCompact = 512;
+
+// What int8_outlier_prep reads and writes; every output may be null (then it is skipped).
+struct OutlierPrep {
+  const uint32_t* colmask = nullptr;  // ceil(cols / 32) words, from int8_row_quant
+  int64_t cols = 0, rows = 0;
+  int32_t* count = nullptr;  // [1]: the number of outlier columns
+  int32_t* list32 = nullptr; // their sorted indices (cols entries of room)
+  int64_t* list64 = nullptr;
+  int8_t* q = nullptr;       // rows x cols: zeroed in the outlier columns
+  // For the many-token GEMMs: W (N x cols) and A (rows x cols, a_dtype), gathered.
+  const int8_t* W = nullptr;
+  int64_t N = 0;
+  int8_t* Wo = nullptr;      // kOutlierGather x N: Wo[j, n] = W[n, list[j]] (the fused epilogues)
+  int64_t compact = 0;       // columns of Wc and Ac: min(cols, kOutlierCompact)
+  int8_t* Wc = nullptr;      // N x compact: Wc[n, j] = W[n, list[j]] (int8_outlier_matmul)
+  const void* A = nullptr;
+  int a_dtype = 0;
+  void* Ac = nullptr;        // rows x compact, a_dtype: Ac[m, j] = A[m, list[j]]
+};
+cudaError_t int8_outlier_prep(const OutlierPrep& p, cudaStream_t stream);
 
 // C (M x N, out_dtype) = (Aq @ W^T) * a_stats[:, None] * w_stats[None, :] / 127^2 + bias, where
 // with colmask the columns it marks use A's 16/32-bit values instead: Aq's entries there are
@@ -54,13 +75,22 @@ cudaError_t int8_linear_small(const int8_t* Aq, const float* a_stats, const int8
                               int out_dtype, bool chained, cudaStream_t stream);
 
 // out (M x N, out_dtype) = C * a_stats[:, None] * w_stats[None, :] / 127^2 + bias, plus, when
-// count is not null, the outlier product over the count[0] columns list[] (A's values times W's
-// columns times w_stats / 127; Wo as int8_outlier_prep gathers it). Needs N % 4 == 0.
+// count is not null and count[0] <= kOutlierGather, the outlier product over the count[0] columns
+// list[] (A's values times W's columns times w_stats / 127; Wo as int8_outlier_prep gathers it).
+// Needs N % 4 == 0.
 cudaError_t int8_dequant_epilogue(const int32_t* C, const float* a_stats, const float* w_stats,
                                   const float* bias, int64_t M, int64_t N, const int32_t* list,
-                                  const int32_t* count, const int8_t* Wo, const int8_t* W, int64_t K,
+                                  const int32_t* count, const int8_t* Wo, int64_t K,
                                   const void* A, int a_dtype, void* out, int out_dtype,
                                   cudaStream_t stream);
+
+// When count[0] > kOutlierGather: out (M x N, A's dtype, written by one of the GEMMs above) +=
+// A[:, c] @ (W[:, c] * w_stats / 127)^T over the count[0] columns c of list, on tensor cores; else
+// nothing (the kernel reads count and returns). A is M x K in a_dtype; list, Ac and Wc (compact
+// columns each) as int8_outlier_prep makes them. Needs N even.
+cudaError_t int8_outlier_matmul(const int32_t* list, const int32_t* count, const void* A, int a_dtype,
+                                const int8_t* W, const float* w_stats, int64_t M, int64_t N, int64_t K,
+                                const void* Ac, const int8_t* Wc, int64_t compact, void* out, cudaStream_t stream);
 
 // Hopper (sm_90a build on a compute capability 9.0 device): out = int8_dequant_epilogue's formula
 // applied to Aq @ W^T, computed on warpgroup MMAs in the same kernel. Needs K % 16 == 0,

@@ -50,6 +50,26 @@ __device__ __forceinline__ void griddep_launch() {
 #endif
 }
 
+// For i = threadIdx.x, + blockDim.x, ... < n: store(i, load(i)), with B loads in flight before the
+// first store. The outlier kernels stage scattered values (one column of A or W per element) into
+// shared memory; one at a time, each load waits a full memory latency.
+template <int B, typename Load, typename Store>
+__device__ __forceinline__ void batched_copy(int64_t n, Load load, Store store) {
+  for (int64_t i0 = threadIdx.x; i0 < n; i0 += int64_t(blockDim.x) * B) {
+    decltype(load(i0)) v[B];
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      const int64_t i = i0 + int64_t(b) * blockDim.x;
+      if (i < n) v[b] = load(i);
+    }
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      const int64_t i = i0 + int64_t(b) * blockDim.x;
+      if (i < n) store(i, v[b]);
+    }
+  }
+}
+
 // Exclusive prefix sum of x over the block (blockDim.x a multiple of 32, at most 1024); *total
 // gets the sum. scratch: 32 ints of shared memory. Contains __syncthreads: call from all threads.
 __device__ __forceinline__ int block_exclusive_scan(int x, int* scratch, int* total) {
@@ -75,7 +95,7 @@ __device__ __forceinline__ int block_exclusive_scan(int x, int* scratch, int* to
 
 // The outlier columns of a bit mask, walked in rounds of `cap` by rank (their sorted order). Each
 // thread owns words [w0, w1) of the mask; begin() ranks them, fill() writes the column indices
-// with ranks [base, base + cap) into list (shared memory).
+// with ranks [base, base + cap) into list (shared or global memory).
 struct OutlierWalk {
   const uint32_t* mask;
   int w0, w1;
@@ -93,7 +113,8 @@ struct OutlierWalk {
     first = block_exclusive_scan(local, scratch, &total);
   }
 
-  __device__ void fill(int base, int cap, int* list) const {
+  template <typename I>
+  __device__ void fill(int base, int cap, I* list) const {
     int rank = first;
     for (int w = w0; w < w1 && rank < base + cap; ++w) {
       uint32_t bits = mask[w];

@@ -6,8 +6,9 @@
 // 16 bytes (4 int32) from each of rows y, y + 8, ..., y + 56 at columns 4x..4x+3, all 8 loads
 // issued before any use. Outlier columns (count[0] of them, sorted in list) are taken 32 at a
 // time: A's values for the tile's rows and W's values for its columns go to shared memory (W's
-// from the Wo gather of int8_outlier_prep, contiguous per column, for the first kOutlierGather),
-// and each output adds sum_j A[m, c_j] * W[n, c_j] in float32, scaled by w_stats[n] / 127.
+// from the Wo gather of int8_outlier_prep, contiguous per column), and each output adds
+// sum_j A[m, c_j] * W[n, c_j] in float32, scaled by w_stats[n] / 127. Past kOutlierGather
+// columns this kernel leaves the outlier product to int8_outlier_matmul.
 #include "cuda/int8_common.cuh"
 
 namespace kbit::cuda {
@@ -28,7 +29,6 @@ struct EpiParams {
   const int32_t* list;
   const int32_t* count;
   const int8_t* Wo;
-  const int8_t* W;
   int64_t K;
   const void* A;
   int a_dtype;
@@ -73,7 +73,9 @@ __global__ void __launch_bounds__(kThreads) epilogue_kernel(const EpiParams p) {
 #pragma unroll
   for (int i = 0; i < kRows; ++i) f[i][0] = f[i][1] = f[i][2] = f[i][3] = 0.0f;
 
-  const int total = p.count ? *p.count : 0;  // uniform across the block
+  // Uniform across the block. Past kOutlierGather columns int8_outlier_matmul adds the whole
+  // outlier product instead.
+  const int total = p.count && *p.count <= kOutlierGather ? *p.count : 0;
   if (total > 0) {
     __shared__ float s_a[kTileM][kRound + 1];
     __shared__ __align__(16) float s_w[kRound][kTileN];
@@ -83,19 +85,20 @@ __global__ void __launch_bounds__(kThreads) epilogue_kernel(const EpiParams p) {
       const int cnt = min(kRound, total - base);
       if (threadIdx.x < cnt) s_list[threadIdx.x] = p.list[base + threadIdx.x];
       __syncthreads();
-      for (int i = threadIdx.x; i < cnt * kTileM; i += kThreads) {
-        const int j = i / kTileM, r = i % kTileM;
-        const int64_t m = m0 + r;
-        s_a[r][j] = m < p.M ? load_any(p.A, m * p.K + s_list[j], p.a_dtype) : 0.0f;
-      }
-      for (int i = threadIdx.x; i < cnt * kTileN; i += kThreads) {
-        const int j = i / kTileN, cn = i % kTileN;
-        const int64_t nn = nb + cn, rank = base + j;
-        float v = 0.0f;
-        if (nn < p.N)
-          v = float(rank < kOutlierGather ? p.Wo[rank * p.N + nn] : p.W[nn * p.K + s_list[j]]);
-        s_w[j][cn] = v;
-      }
+      batched_copy<8>(
+          cnt * kTileM,
+          [&](int64_t i) {
+            const int64_t m = m0 + i % kTileM;
+            return m < p.M ? load_any(p.A, m * p.K + s_list[i / kTileM], p.a_dtype) : 0.0f;
+          },
+          [&](int64_t i, float v) { s_a[i % kTileM][i / kTileM] = v; });
+      batched_copy<8>(
+          cnt * kTileN,
+          [&](int64_t i) {
+            const int64_t nn = nb + i % kTileN;
+            return nn < p.N ? float(p.Wo[(base + i / kTileN) * p.N + nn]) : 0.0f;
+          },
+          [&](int64_t i, float v) { s_w[i / kTileN][i % kTileN] = v; });
       __syncthreads();
       for (int j = 0; j < cnt; ++j) {
         const float4 w4 = *reinterpret_cast<const float4*>(&s_w[j][4 * x]);
@@ -135,14 +138,14 @@ __global__ void __launch_bounds__(kThreads) epilogue_kernel(const EpiParams p) {
 
 cudaError_t int8_dequant_epilogue(const int32_t* C, const float* a_stats, const float* w_stats,
                                   const float* bias, int64_t M, int64_t N, const int32_t* list,
-                                  const int32_t* count, const int8_t* Wo, const int8_t* W, int64_t K,
+                                  const int32_t* count, const int8_t* Wo, int64_t K,
                                   const void* A, int a_dtype, void* out, int out_dtype,
                                   cudaStream_t stream) {
   if (M <= 0 || N <= 0) return cudaSuccess;
   if (N % 4 != 0 || reinterpret_cast<uintptr_t>(C) % 16 != 0) return cudaErrorInvalidValue;
   const int64_t gy = (M + kTileM - 1) / kTileM, gx = (N + kTileN - 1) / kTileN;
   if (gy > 65535 || gx > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const EpiParams p{C, a_stats, w_stats, bias, M, N, list, count, Wo, W, K, A, a_dtype, out};
+  const EpiParams p{C, a_stats, w_stats, bias, M, N, list, count, Wo, K, A, a_dtype, out};
   const dim3 grid{unsigned(gx), unsigned(gy)};
   switch (out_dtype) {
     case kI8F32:

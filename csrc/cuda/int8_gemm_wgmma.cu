@@ -12,7 +12,8 @@
 //
 // Epilogue: out[m, n] = w_stats[n] * (acc * a_stats[m] / 127^2 + sum_j A[m, c_j] * W[n, c_j] / 127)
 // + bias[n], over the outlier columns c_j (count[0] of them, list[]; Aq zeroed there by
-// int8_outlier_prep), whose A and W values are staged 32 columns at a time in the idle stages.
+// int8_outlier_prep), whose A and W values are staged 32 columns at a time in the idle stages;
+// past kOutlierGather columns the sum is left out here and int8_outlier_matmul adds it.
 //
 // Split-K (few tokens on narrow layers): blocks of grid.z add their int32 partial tile into a
 // zeroed workspace; the last block of a tile to finish (a counter per tile) runs the epilogue.
@@ -225,7 +226,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const GemmParams p) {
     for (int k = 0; k < 128; ++k) acc[k] = __float_as_int(float(acc[k]) * ((k & 2) ? shi : slo));
   }
   if (p.count) {
-    const int total = *p.count;
+    // Past kOutlierGather columns int8_outlier_matmul adds the whole outlier product instead.
+    const int total = *p.count <= kOutlierGather ? *p.count : 0;
     float* s_a = reinterpret_cast<float*>(smem);  // [kRound][kTileM]: A / 127
     float* s_w = s_a + kRound * kTileM;           // [kRound][kTileN]: W
     for (int base = 0; base < total; base += kRound) {
@@ -238,9 +240,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const GemmParams p) {
         s_a[i] = m < M ? load_any(p.A, m * K + p.list[base + j], p.a_dtype) * (1.0f / 127.0f) : 0.0f;
       }
       for (int i = tid; i < cnt * kTileN; i += kThreads) {
-        const int j = i / kTileN, col = base + j;
+        const int j = i / kTileN;
         const int64_t n = n0 + i % kTileN;
-        s_w[i] = n < N ? float(col < kOutlierGather ? p.Wo[col * N + n] : p.W[n * K + p.list[col]]) : 0.0f;
+        s_w[i] = n < N ? float(p.Wo[(base + j) * N + n]) : 0.0f;
       }
       __syncthreads();
       for (int j = 0; j < cnt; ++j) {

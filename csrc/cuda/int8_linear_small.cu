@@ -15,8 +15,8 @@
 // Outliers: colmask marks columns computed in 16-bit. Their q entries are subtracted exactly from
 // the int32 sums (so q need not be zeroed there), and A[m, c] * W[n, c] is summed in float32 and
 // scaled by w_stats[n] / 127. The columns are found by a block scan of the mask (K / 8 bytes) and
-// handled kOutCap at a time, their A, q and W values staged in shared memory; the first round runs
-// before the main loop, under the latency of the first W loads.
+// handled OutlierSmem::kCap at a time, their A, q and W values staged in shared memory; a single round runs
+// before the main loop, under the latency of the first W loads, more rounds after it (L2 hits).
 //
 // Shapes the tensor-core kernel cannot take (K % 16 != 0, unaligned rows) go to a generic kernel:
 // one warp per output, lanes along K. Correct for any shape, not fast.
@@ -32,7 +32,6 @@ using namespace int8;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 16;  // rows of W per block: the mma's M dimension
-constexpr int kOutCap = 64;
 
 struct SmallParams {
   const int8_t* Aq;
@@ -72,14 +71,19 @@ __device__ __forceinline__ void mma_s8(int (&c)[4], uint32_t a0, uint32_t a1, ui
 
 template <int MT>
 struct OutlierSmem {
+  // Outlier columns per round: each round costs a few microseconds of latency (scattered loads,
+  // barriers), so as many as ~33 KB of shared memory hold (256 for 8 tokens, 64 for 32).
+  static constexpr int kCap = MT <= 8 ? 256 : MT <= 16 ? 128 : 64;
   int scan[32];
-  int list[kOutCap];
-  int w[kTileN][kOutCap];
-  int q[MT][kOutCap];
-  float a[MT][kOutCap];
+  int list[kCap];
+  // Rows padded by one word: a warp reads 8 W rows and 4 tokens at the same column, which would
+  // otherwise all fall in one bank.
+  int w[kTileN][kCap + 1];
+  int q[MT][kCap + 1];
+  float a[MT][kCap + 1];
 };
 
-// One round of outlier columns (ranks [base, base + kOutCap)): stage their W, q and A values in
+// One round of outlier columns (ranks [base, base + kCap)): stage their W, q and A values in
 // shared memory, then each owned output (W row nl, token ml) takes the q * W products out of its
 // int32 sum and adds A * W in float32. Called by all threads (barriers inside).
 template <int MT, int kOuts>
@@ -87,20 +91,28 @@ __device__ void outlier_round(const SmallParams& p, const OutlierWalk& walk, int
                               OutlierSmem<MT>& sm, const bool (&own)[kOuts], const int (&nl)[kOuts],
                               const int (&ml)[kOuts], int (&iacc)[kOuts], float (&facc)[kOuts]) {
   const int64_t M = p.M, N = p.N, K = p.K;
-  const int cnt = min(kOutCap, walk.total - base);
-  walk.fill(base, kOutCap, sm.list);
+  constexpr int kCap = OutlierSmem<MT>::kCap;
+  const int cnt = min(kCap, walk.total - base);
+  walk.fill(base, kCap, sm.list);
   __syncthreads();
-  for (int i = threadIdx.x; i < cnt * kTileN; i += kThreads) {
-    const int j = i / kTileN, r = i % kTileN;
-    sm.w[r][j] = n0 + r < N ? int(p.W[(n0 + r) * K + sm.list[j]]) : 0;
-  }
-  for (int i = threadIdx.x; i < cnt * MT; i += kThreads) {
-    const int j = i / MT, r = i % MT;
-    const int64_t m = m0 + r, c = sm.list[j];
-    const bool ok = m < M;
-    sm.a[r][j] = ok ? load_any(p.A, m * K + c, p.a_dtype) : 0.0f;
-    sm.q[r][j] = ok ? int(p.Aq[m * K + c]) : 0;
-  }
+  batched_copy<8>(
+      cnt * kTileN,
+      [&](int64_t i) {
+        const int64_t r = i % kTileN;
+        return n0 + r < N ? int(p.W[(n0 + r) * K + sm.list[i / kTileN]]) : 0;
+      },
+      [&](int64_t i, int v) { sm.w[i % kTileN][i / kTileN] = v; });
+  batched_copy<8>(
+      cnt * MT,
+      [&](int64_t i) {
+        const int64_t m = m0 + i % MT, c = sm.list[i / MT];
+        return m < M ? make_float2(load_any(p.A, m * K + c, p.a_dtype), __int_as_float(int(p.Aq[m * K + c])))
+                     : make_float2(0.0f, 0.0f);
+      },
+      [&](int64_t i, float2 v) {
+        sm.a[i % MT][i / MT] = v.x;
+        sm.q[i % MT][i / MT] = __float_as_int(v.y);
+      });
   __syncthreads();
 #pragma unroll
   for (int o = 0; o < kOuts; ++o) {
@@ -170,13 +182,15 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p
     ml[o] = (slot >> 2) * 8 + (l & 3) * 2 + (i & 1);
   }
 
-  // The first round of outlier columns now, while the first W loads are in flight.
+  // One round of outlier columns runs now, while the first W loads are in flight. More rounds all
+  // run after the main loop: their scattered W reads then hit the lines this block just streamed
+  // through L2 instead of fetching a 32-byte sector from DRAM per value.
   __shared__ OutlierSmem<MT> sm;
   OutlierWalk walk;
   walk.total = 0;
   if (p.colmask) {
     walk.begin(p.colmask, K, sm.scan);
-    if (walk.total > 0) outlier_round<MT, kOuts>(p, walk, 0, n0, m0, sm, own, nl, ml, iacc, facc);
+    if (walk.total > 0 && walk.total <= OutlierSmem<MT>::kCap) outlier_round<MT, kOuts>(p, walk, 0, n0, m0, sm, own, nl, ml, iacc, facc);
   }
 
   for (int64_t s = s0; s < s1; s += U) {
@@ -220,7 +234,8 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p
     if (own[o])
       for (int w = 0; w < kWarps; ++w) iacc[o] += s_red[w][idx >> 5][idx & 31];
   }
-  for (int base = kOutCap; base < walk.total; base += kOutCap)
+  constexpr int kCap = OutlierSmem<MT>::kCap;
+  for (int base = walk.total <= kCap ? kCap : 0; base < walk.total; base += kCap)
     outlier_round<MT, kOuts>(p, walk, base, n0, m0, sm, own, nl, ml, iacc, facc);
 
   TO* out = static_cast<TO*>(p.out);

@@ -12,9 +12,12 @@
 // pass (one launch less on the latency-bound decode path).
 //
 // int8_outlier_prep: every block ranks the mask's set bits with a block scan (the mask is K/8
-// bytes) and stages them kOutlierGather at a time in shared memory: block 0 writes the sorted list
-// and the count, and each block zeroes its slice of q's rows and gathers its slice of W's outlier
-// columns, the (row, column) pairs spread over all its threads so the scattered reads overlap.
+// bytes); block 0 writes the sorted list and the count, each thread the ranks of its own mask
+// words. Each block gathers its slice of W's first kOutlierGather outlier columns for the fused
+// epilogues and, when there are at most kOutlierCompact, of A's and W's outlier columns for
+// int8_outlier_matmul (the (row, column) pairs spread over all its threads so the scattered reads
+// overlap); and it zeroes q's outlier columns in its slice of rows, 8 columns at a time by the mask
+// byte that covers them (at most one pass over q, however many columns).
 #include <algorithm>
 
 #include "cuda/int8_common.cuh"
@@ -187,35 +190,69 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Copies elements src[row * cols + list[j]] to dst[row * compact + j] for the block's rows, j < cnt.
+template <typename T>
+__device__ void gather_rows(const T* __restrict__ src, T* __restrict__ dst, int64_t cols, int64_t compact,
+                            int64_t r0, int64_t nr, const int* list, int cnt) {
+  batched_copy<8>(
+      nr * cnt, [&](int64_t i) { return src[(r0 + i / cnt) * cols + list[i % cnt]]; },
+      [&](int64_t i, T v) { dst[(r0 + i / cnt) * compact + i % cnt] = v; });
+}
+
 __global__ void __launch_bounds__(kThreads)
-    outlier_prep_kernel(const uint32_t* __restrict__ colmask, int64_t cols, int8_t* __restrict__ q,
-                        int64_t rows, int64_t rows_per_block, const int8_t* __restrict__ W, int64_t N,
-                        int64_t n_per_block, int8_t* __restrict__ Wo, int32_t* __restrict__ list32,
-                        int64_t* __restrict__ list64, int32_t* __restrict__ count) {
+    outlier_prep_kernel(const OutlierPrep p, int64_t rows_per_block, int64_t n_per_block, bool q_vec) {
   __shared__ int scratch[32];
-  __shared__ int s_list[kOutlierGather];
+  __shared__ int s_list[kOutlierCompact];
   OutlierWalk walk;
-  walk.begin(colmask, cols, scratch);
-  if (blockIdx.x == 0 && threadIdx.x == 0) *count = walk.total;
-  const int64_t r0 = int64_t(blockIdx.x) * rows_per_block, nr = max(int64_t(0), min(rows, r0 + rows_per_block) - r0);
-  const int64_t n0 = int64_t(blockIdx.x) * n_per_block, nn = max(int64_t(0), min(N, n0 + n_per_block) - n0);
-  for (int base = 0; base < walk.total; base += kOutlierGather) {
-    const int cnt = min(kOutlierGather, walk.total - base);
-    walk.fill(base, kOutlierGather, s_list);
+  walk.begin(p.colmask, p.cols, scratch);
+  if (blockIdx.x == 0) {  // each thread writes the ranks of its own mask words
+    if (threadIdx.x == 0) *p.count = walk.total;
+    if (p.list32) walk.fill(0, walk.total, p.list32);
+    if (p.list64) walk.fill(0, walk.total, p.list64);
+  }
+  if (walk.total == 0) return;
+  const int64_t r0 = int64_t(blockIdx.x) * rows_per_block, nr = max(int64_t(0), min(p.rows, r0 + rows_per_block) - r0);
+  const int64_t n0 = int64_t(blockIdx.x) * n_per_block, nn = max(int64_t(0), min(p.N, n0 + n_per_block) - n0);
+  if (p.Wo || p.Wc) {
+    walk.fill(0, kOutlierCompact, s_list);
     __syncthreads();
-    if (blockIdx.x == 0)
-      for (int j = threadIdx.x; j < cnt; j += kThreads) {
-        if (list32) list32[base + j] = s_list[j];
-        if (list64) list64[base + j] = s_list[j];
+  }
+  if (p.Wo) {  // the fused epilogues' first kOutlierGather columns of W
+    const int cnt = min(kOutlierGather, walk.total);
+    batched_copy<8>(
+        cnt * nn, [&](int64_t i) { return p.W[(n0 + i % nn) * p.cols + s_list[i / nn]]; },
+        [&](int64_t i, int8_t v) { p.Wo[(i / nn) * p.N + n0 + i % nn] = v; });
+  }
+  // int8_outlier_matmul's compact copies: only when it runs (past kOutlierGather columns) and all
+  // the outlier columns fit in them (it reads the list otherwise).
+  if (p.Wc && walk.total > kOutlierGather && walk.total <= p.compact) {
+    gather_rows(p.W, p.Wc, p.cols, p.compact, n0, nn, s_list, walk.total);
+    if (p.a_dtype == kI8F32)
+      gather_rows(static_cast<const float*>(p.A), static_cast<float*>(p.Ac), p.cols, p.compact, r0, nr, s_list,
+                  walk.total);
+    else
+      gather_rows(static_cast<const uint16_t*>(p.A), static_cast<uint16_t*>(p.Ac), p.cols, p.compact, r0, nr,
+                  s_list, walk.total);
+  }
+  if (p.q) {  // q zeroed in the outlier columns: warps take rows, lanes 8-column pieces (by the mask byte)
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int64_t c = int64_t(lane) * 8; c < p.cols; c += 32 * 8) {
+      const uint32_t bits = (p.colmask[c >> 5] >> (c & 31)) & 0xffu;
+      if (!bits) continue;
+      uint64_t keep = ~uint64_t(0);
+#pragma unroll
+      for (int b = 0; b < 8; ++b)
+        if ((bits >> b) & 1) keep &= ~(uint64_t(0xff) << (8 * b));
+      for (int64_t r = r0 + warp; r < r0 + nr; r += kThreads / 32) {
+        int8_t* qc = p.q + r * p.cols + c;
+        if (q_vec) {
+          *reinterpret_cast<uint64_t*>(qc) &= keep;
+        } else {
+          for (int b = 0; b < 8; ++b)
+            if ((bits >> b) & 1) qc[b] = 0;  // mask bits lie below cols
+        }
       }
-    if (q)
-      for (int64_t i = threadIdx.x; i < cnt * nr; i += kThreads) q[(r0 + i / cnt) * cols + s_list[i % cnt]] = 0;
-    if (Wo && base == 0)
-      for (int64_t i = threadIdx.x; i < cnt * nn; i += kThreads) {
-        const int64_t j = i / nn, n = n0 + i % nn;
-        Wo[j * N + n] = W[n * cols + s_list[j]];
-      }
-    __syncthreads();
+    }
   }
 }
 
@@ -262,17 +299,16 @@ cudaError_t int8_row_quant(const void* A, int dtype, int64_t rows, int64_t cols,
   }
 }
 
-cudaError_t int8_outlier_prep(const uint32_t* colmask, int64_t cols, int8_t* q, int64_t rows,
-                              const int8_t* W, int64_t N, int8_t* Wo, int32_t* list32,
-                              int64_t* list64, int32_t* count, cudaStream_t stream) {
-  if (cols <= 0) return cudaMemsetAsync(count, 0, 4, stream);
-  if (!q) rows = 0;
-  if (!W || !Wo) N = 0;
+cudaError_t int8_outlier_prep(const OutlierPrep& p, cudaStream_t stream) {
+  if (p.cols <= 0) return cudaMemsetAsync(p.count, 0, 4, stream);
+  if ((p.Wc || p.Ac) && !(p.Wc && p.Ac && p.W && p.A && p.compact == std::min<int64_t>(p.cols, kOutlierCompact)))
+    return cudaErrorInvalidValue;
+  const int64_t rows = p.q || p.Ac ? p.rows : 0, N = p.W ? p.N : 0;
   int64_t blocks = std::max<int64_t>((rows + 31) / 32, (N + 63) / 64);
   blocks = std::min<int64_t>(std::max<int64_t>(blocks, 1), 1024);
   const int64_t rows_per_block = (rows + blocks - 1) / blocks, n_per_block = (N + blocks - 1) / blocks;
-  outlier_prep_kernel<<<int(blocks), kThreads, 0, stream>>>(colmask, cols, q, rows, rows_per_block, W, N,
-                                                            n_per_block, Wo, list32, list64, count);
+  const bool q_vec = p.cols % 8 == 0 && reinterpret_cast<uintptr_t>(p.q) % 8 == 0;
+  outlier_prep_kernel<<<int(blocks), kThreads, 0, stream>>>(p, rows_per_block, n_per_block, q_vec);
   return cudaGetLastError();
 }
 

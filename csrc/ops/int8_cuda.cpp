@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -95,16 +96,27 @@ void int8_gemm(const at::Tensor& q, const at::Tensor& rs, const at::Tensor& w, c
                  "int8_linear_small");
     return;
   }
-  at::Tensor list, count, Wo;
+  at::Tensor list, count, Wo, Wc, Ac;
+  const int64_t compact = std::min<int64_t>(K, cuda::kOutlierCompact);
   if (colmask.defined()) {
-    // Sorted outlier list, q zeroed there (the int8 GEMM must not count them), W's columns gathered.
+    // Sorted outlier list, q zeroed there (the int8 GEMM must not count them), A's and W's outlier
+    // columns gathered for the epilogues and the outlier matmul.
     list = at::empty({K}, q.options().dtype(at::kInt));
     count = at::empty({1}, q.options().dtype(at::kInt));
     Wo = at::empty({cuda::kOutlierGather, N}, q.options().dtype(at::kChar));
-    check_launch(cuda::int8_outlier_prep(ptr_or_null<uint32_t>(colmask), K, q.data_ptr<int8_t>(), M,
-                                         w.data_ptr<int8_t>(), N, Wo.data_ptr<int8_t>(), list.data_ptr<int32_t>(),
-                                         nullptr, count.data_ptr<int32_t>(), stream),
-                 "int8_outlier_prep");
+    Wc = at::empty({N, compact}, q.options().dtype(at::kChar));
+    Ac = at::empty({M, compact}, A.options());
+    cuda::OutlierPrep prep;
+    prep.colmask = ptr_or_null<uint32_t>(colmask);
+    prep.cols = K, prep.rows = M, prep.N = N, prep.compact = compact;
+    prep.count = count.data_ptr<int32_t>();
+    prep.list32 = list.data_ptr<int32_t>();
+    prep.q = q.data_ptr<int8_t>();
+    prep.W = w.data_ptr<int8_t>();
+    prep.Wo = Wo.data_ptr<int8_t>();
+    prep.Wc = Wc.data_ptr<int8_t>();
+    prep.A = a_ptr, prep.a_dtype = a_code, prep.Ac = Ac.data_ptr();
+    check_launch(cuda::int8_outlier_prep(prep, stream), "int8_outlier_prep");
   }
   if (path == Path::Wgmma) {
     const int splits = cuda::int8_gemm_wgmma_splits(M, N, K);
@@ -116,15 +128,21 @@ void int8_gemm(const at::Tensor& q, const at::Tensor& rs, const at::Tensor& w, c
                                        ptr_or_null<int8_t>(Wo), a_ptr, a_code, out.data_ptr(), out_code, splits,
                                        ptr_or_null<int32_t>(work), stream),
                  "int8_gemm_wgmma");
-    return;
+  } else {
+    const at::Tensor C = at::_int_mm(q.view({M, K}), w.t());
+    check_launch(cuda::int8_dequant_epilogue(C.data_ptr<int32_t>(), rs.data_ptr<float>(), ws.data_ptr<float>(),
+                                             ptr_or_null<float>(bias), M, N, ptr_or_null<int32_t>(list),
+                                             ptr_or_null<int32_t>(count), ptr_or_null<int8_t>(Wo), K, a_ptr,
+                                             a_code, out.data_ptr(), out_code, stream),
+                 "int8_dequant_epilogue");
   }
-  const at::Tensor C = at::_int_mm(q.view({M, K}), w.t());
-  check_launch(cuda::int8_dequant_epilogue(C.data_ptr<int32_t>(), rs.data_ptr<float>(), ws.data_ptr<float>(),
-                                           ptr_or_null<float>(bias), M, N, ptr_or_null<int32_t>(list),
-                                           ptr_or_null<int32_t>(count), ptr_or_null<int8_t>(Wo),
-                                           w.data_ptr<int8_t>(), K, a_ptr, a_code, out.data_ptr(), out_code,
-                                           stream),
-               "int8_dequant_epilogue");
+  // Many outlier columns: both GEMMs above left the outlier product out; this adds it (and does
+  // nothing when there are few). The count is on the device, so it is launched either way.
+  if (colmask.defined())
+    check_launch(cuda::int8_outlier_matmul(list.data_ptr<int32_t>(), count.data_ptr<int32_t>(), a_ptr, a_code,
+                                           w.data_ptr<int8_t>(), ws.data_ptr<float>(), M, N, K, Ac.data_ptr(),
+                                           Wc.data_ptr<int8_t>(), compact, out.data_ptr(), stream),
+                 "int8_outlier_matmul");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cuda(const at::Tensor& A,
@@ -150,10 +168,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cuda(const 
   if (!colmask.defined()) return {q, row_stats, none};
   auto list = at::empty({cols}, A.options().dtype(at::kLong));
   auto count = at::empty({1}, A.options().dtype(at::kInt));
-  check_launch(cuda::int8_outlier_prep(ptr_or_null<uint32_t>(colmask), cols, q.data_ptr<int8_t>(), rows,
-                                       nullptr, 0, nullptr, nullptr, list.data_ptr<int64_t>(),
-                                       count.data_ptr<int32_t>(), stream),
-               "int8_outlier_prep");
+  cuda::OutlierPrep prep;
+  prep.colmask = ptr_or_null<uint32_t>(colmask);
+  prep.cols = cols, prep.rows = rows;
+  prep.count = count.data_ptr<int32_t>();
+  prep.list64 = list.data_ptr<int64_t>();
+  prep.q = q.data_ptr<int8_t>();
+  check_launch(cuda::int8_outlier_prep(prep, stream), "int8_outlier_prep");
   // The one host sync: this op's output size depends on the data (linear_8bit has none).
   const int64_t n = count.item<int32_t>();
   return {q, row_stats, list.narrow(0, 0, n)};
