@@ -96,9 +96,10 @@ def test_int8_linear_exact_integer_product(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_int8_linear_torch_gemm_path_matches_core_kernel_bitwise(dtype):
-    # Rows shorter than 2^17 go through torch's int8 GEMM, longer ones through kbit's own kernel;
-    # padding K with zero columns leaves every sum unchanged, so both must give the same bits.
-    M, N, K = 3, 5, (1 << 17) - 64
+    # Rows shorter than 2^17 go through torch's int8 GEMM (above 16 rows), longer ones through
+    # kbit's own kernel; padding K with zero columns leaves every sum unchanged, so both must give
+    # the same bits.
+    M, N, K = 17, 5, (1 << 17) - 64
     Aq = torch.randint(-127, 128, (M, K), dtype=torch.int8)
     Wq = torch.randint(-127, 128, (N, K), dtype=torch.int8)
     a_stats, w_stats, bias = torch.rand(M) * 3, torch.rand(N) * 2, torch.randn(N)
@@ -107,6 +108,21 @@ def test_int8_linear_torch_gemm_path_matches_core_kernel_bitwise(dtype):
     core = torch.ops.kbit.int8_linear(torch.cat([Aq, pad[0]], 1), torch.cat([Wq, pad[1]], 1), a_stats, w_stats,
                                       bias, dtype)
     assert torch.equal(fast, core)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_linear_few_rows_match_core_kernel_bitwise(dtype):
+    # 2..8 rows take the VNNI kernel where the CPU has it (rows shorter than 2^20), others torch's
+    # int8 GEMM; rows of 2^20 and more the core kernel. Zero padding keeps the sums: same bits.
+    N, K = 5, (1 << 20) - 64
+    for M in (1, 2, 5, 8, 9):
+        Aq = torch.randint(-128, 128, (M, K), dtype=torch.int8)
+        Wq = torch.randint(-128, 128, (N, K), dtype=torch.int8)
+        a_stats, w_stats, bias = torch.rand(M) * 3, torch.rand(N) * 2, torch.randn(N)
+        fast = torch.ops.kbit.int8_linear(Aq, Wq, a_stats, w_stats, bias, dtype)
+        core = torch.ops.kbit.int8_linear(torch.nn.functional.pad(Aq, (0, 64)), torch.nn.functional.pad(Wq, (0, 64)),
+                                          a_stats, w_stats, bias, dtype)
+        assert torch.equal(fast, core), M
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

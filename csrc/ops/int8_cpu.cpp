@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/int8_gemm.h"
+#include "core/int8_gemm_vnni.h"
 #include "core/int8_rowwise.h"
 #include "ops/checks.h"
 #include "ops/int8_checks.h"
@@ -23,6 +24,26 @@ at::Tensor int8_mm_dequant(const at::Tensor& q, const at::Tensor& w, const at::T
                            const at::Tensor& w_stats) {
   constexpr float kInv127Sq = 1.0f / (127.0f * 127.0f);
   return at::_int_mm(q, w.t()).to(at::kFloat).mul_(at::outer(a_stats, w_stats)).mul_(kInv127Sq);
+}
+
+// Rows of A for which kbit's VNNI kernel beats torch's int8 GEMM. On the 2-core AVX-512 machine
+// (benchmarks/RESULTS.md, "CPU int8 GEMM by rows") torch's GEMM has a fast one-row path but takes
+// ~as long for 2 rows as for 16; the VNNI kernel's time grows with the rows: 1.4-7x faster at
+// 2..8 rows, slower at 1 (small layers) and at 16.
+bool vnni_preferred(int64_t M, int64_t K) { return M >= 2 && M <= 8 && core::int8_linear_vnni_applies(M, K); }
+
+// float32 (M x N) = the dequantized int8 product of contiguous q (M x K) and w (N x K), the same
+// bits on every path: kbit's VNNI kernel, torch's int8 GEMM, or the core kernel (long rows).
+at::Tensor int8_product_f32(const at::Tensor& q, const at::Tensor& w, const at::Tensor& a_stats,
+                            const at::Tensor& w_stats, int64_t M, int64_t N, int64_t K) {
+  const bool vnni = vnni_preferred(M, K);
+  if (!vnni && torch_int8_mm_applies(M, N, K))
+    return int8_mm_dequant(q.reshape({M, K}), w, a_stats.reshape({M}), w_stats.reshape({N}));
+  auto out = at::empty({M, N}, q.options().dtype(at::kFloat));
+  const auto kernel = vnni ? core::int8_linear_vnni<float> : core::int8_linear<float>;
+  kernel(q.data_ptr<int8_t>(), w.data_ptr<int8_t>(), a_stats.data_ptr<float>(), w_stats.data_ptr<float>(), nullptr,
+         M, N, K, out.data_ptr<float>());
+  return out;
 }
 
 std::vector<uint8_t> outlier_mask(const at::Tensor& a, int64_t rows, int64_t cols, double threshold) {
@@ -72,18 +93,18 @@ at::Tensor int8_linear_cpu(const at::Tensor& A_q, const at::Tensor& W_q, const a
                     " rows");
   auto b = checked_bias(bias, N, dtype, A_q);
   auto a = A_q.contiguous(), w = W_q.contiguous(), as = a_stats.contiguous(), ws = w_stats.contiguous();
-  if (torch_int8_mm_applies(M, N, K)) {
-    auto out = int8_mm_dequant(a.reshape({M, K}), w, as.reshape({M}), ws.reshape({N}));
-    if (b.defined()) out.add_(b.to(at::kFloat));  // the bias in float32, as the core adds it
-    return out.to(dtype).reshape(out_shape(A_q, N));
+  if (M == 0 || N == 0 || K == 0) {  // the core kernel's empty-shape rules (bias or zeros)
+    auto out = at::empty(out_shape(A_q, N), A_q.options().dtype(dtype));
+    dispatch_float(dtype, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      core::int8_linear<T>(a.data_ptr<int8_t>(), w.data_ptr<int8_t>(), as.data_ptr<float>(), ws.data_ptr<float>(),
+                           b.defined() ? data_as<T>(b) : nullptr, M, N, K, data_as<T>(out));
+    });
+    return out;
   }
-  auto out = at::empty(out_shape(A_q, N), A_q.options().dtype(dtype));
-  dispatch_float(dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    core::int8_linear<T>(a.data_ptr<int8_t>(), w.data_ptr<int8_t>(), as.data_ptr<float>(), ws.data_ptr<float>(),
-                         b.defined() ? data_as<T>(b) : nullptr, M, N, K, data_as<T>(out));
-  });
-  return out;
+  auto out = int8_product_f32(a, w, as, ws, M, N, K);
+  if (b.defined()) out.add_(b.to(at::kFloat));  // the bias in float32, as the core adds it
+  return out.to(dtype).reshape(out_shape(A_q, N));
 }
 
 at::Tensor linear_8bit_cpu(const at::Tensor& A, const at::Tensor& W_q, const at::Tensor& w_stats,
@@ -109,13 +130,7 @@ at::Tensor linear_8bit_cpu(const at::Tensor& A, const at::Tensor& W_q, const at:
                                      row_stats.data_ptr<float>());
     });
     auto w = W_q.contiguous(), ws = w_stats.contiguous();
-    if (torch_int8_mm_applies(M, N, K)) {
-      out = int8_mm_dequant(q, w, row_stats, ws.reshape({N}));
-    } else {
-      out = at::empty({M, N}, A.options().dtype(at::kFloat));
-      core::int8_linear<float>(q.data_ptr<int8_t>(), w.data_ptr<int8_t>(), row_stats.data_ptr<float>(),
-                               ws.data_ptr<float>(), nullptr, M, N, K, out.data_ptr<float>());
-    }
+    out = int8_product_f32(q, w, row_stats, ws, M, N, K);
     std::vector<int64_t> idx;
     for (int64_t c = 0; c < K; ++c)
       if (mask[c]) idx.push_back(c);

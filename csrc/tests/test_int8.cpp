@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "core/int8_gemm.h"
+#include "core/int8_gemm_vnni.h"
 #include "core/int8_rowwise.h"
 #include "test_util.h"
 
@@ -128,7 +129,12 @@ class Int8Linear : public ::testing::Test {};
 TYPED_TEST_SUITE(Int8Linear, Dtypes);
 
 template <typename T>
-void check_linear(int64_t M, int64_t N, int64_t K, bool with_bias, uint32_t seed) {
+using LinearFn = void (*)(const int8_t*, const int8_t*, const float*, const float*, const T*, int64_t, int64_t,
+                          int64_t, T*);
+
+template <typename T>
+void check_linear(int64_t M, int64_t N, int64_t K, bool with_bias, uint32_t seed,
+                  LinearFn<T> linear = &int8_linear<T>) {
   SCOPED_TRACE(std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K));
   std::mt19937 gen(seed);
   std::vector<int8_t> A(static_cast<size_t>(M * K)), W(static_cast<size_t>(N * K));
@@ -139,8 +145,7 @@ void check_linear(int64_t M, int64_t N, int64_t K, bool with_bias, uint32_t seed
   for (auto& v : ws) v = 0.1f + float(gen() % 1000) / 300.0f;
   const auto bias = testing::convert<T>(testing::random_normal(N, seed + 1));
   std::vector<T> C(static_cast<size_t>(M * N));
-  int8_linear<T>(A.data(), W.data(), as.data(), ws.data(), with_bias ? bias.data() : nullptr, M, N, K,
-                 C.data());
+  linear(A.data(), W.data(), as.data(), ws.data(), with_bias ? bias.data() : nullptr, M, N, K, C.data());
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n) {
       int64_t acc = 0;
@@ -156,6 +161,30 @@ TYPED_TEST(Int8Linear, MatchesExactReference) {
   for (int64_t M : {1, 2, 3, 65})
     for (int64_t N : {1, 2, 3, 33, 64})
       for (int64_t K : {0, 1, 7, 16, 100, 1031}) check_linear<TypeParam>(M, N, K, (seed++) % 2 == 0, seed);
+}
+
+// The VNNI kernel (few rows, AVX-512 VNNI CPUs) gives the reference's bits: K tails shorter than
+// one 64-byte piece, -128 in A and W, every row count it takes.
+TYPED_TEST(Int8Linear, VnniMatchesExactReference) {
+  if (!int8_linear_vnni_applies(1, 64)) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  uint32_t seed = 11;
+  for (int64_t M : {1, 2, 3, 5, 8, 13, 16})
+    for (int64_t N : {1, 3, 130})
+      for (int64_t K : {1, 63, 64, 100, 4104})
+        check_linear<TypeParam>(M, N, K, (seed++) % 2 == 0, seed, &int8_linear_vnni<TypeParam>);
+}
+
+TEST(Int8LinearConventions, VnniLanesDoNotOverflow) {
+  if (!int8_linear_vnni_applies(1, 64)) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  // The largest K it takes, with the largest products of the offset form: (127 + 128) * -128.
+  const int64_t M = 1, N = 2, K = (int64_t(1) << 20) - 64;
+  ASSERT_TRUE(int8_linear_vnni_applies(M, K));
+  ASSERT_FALSE(int8_linear_vnni_applies(M, K + 64));
+  ASSERT_FALSE(int8_linear_vnni_applies(17, 64));
+  std::vector<int8_t> A(static_cast<size_t>(M * K), 127), W(static_cast<size_t>(N * K), -128);
+  std::vector<float> as(M, 1.0f), ws(N, 1.0f), C(static_cast<size_t>(M * N));
+  int8_linear_vnni<float>(A.data(), W.data(), as.data(), ws.data(), nullptr, M, N, K, C.data());
+  for (float c : C) EXPECT_EQ(c, float(int64_t(K) * 127 * -128) * 1.0f * (1.0f / 16129.0f));
 }
 
 TEST(Int8LinearConventions, SumsBeyondInt32AreExact) {
