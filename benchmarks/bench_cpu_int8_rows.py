@@ -6,22 +6,15 @@ warm-up call.
     python benchmarks/bench_cpu_int8_rows.py [--shapes 4096x4096,14336x4096] [--rows 1,2,4,8,16] [--repeat 9]
 """
 import argparse
-import statistics
-import time
+import os
+import sys
 
 import torch
 
 import kbit  # noqa: F401
 
-
-def median_ms(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cpu_ops import median_ms  # noqa: E402
 
 
 def main():
