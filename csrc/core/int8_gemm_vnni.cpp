@@ -19,7 +19,8 @@
 namespace kbit::core {
 namespace {
 
-constexpr int kMaxRows = 16;
+constexpr int kMaxRows = 32;
+constexpr int kRowsPerPass = 8;           // rows of A whose accumulators stay in registers
 constexpr int64_t kTileN = 64;            // weight rows per pass over one chunk of K
 constexpr int64_t kChunkBytes = 16 << 10;  // of A (offset to uint8) per chunk of K
 constexpr float kInv127Sq = 1.0f / (127.0f * 127.0f);
@@ -31,33 +32,50 @@ KBIT_VNNI int64_t reduce64(__m512i v) {
   return _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
 }
 
-// sums[i] += sum_k A[i, k] * w[k] over K columns, for MR rows of A given as au = A + 128 (uint8,
-// row stride lda).
-template <int MR>
-KBIT_VNNI void row_sums(const uint8_t* au, int64_t lda, const int8_t* w, int64_t K, int64_t* sums) {
-  __m512i acc[MR];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_si512();
-  __m512i wsum = _mm512_setzero_si512();
+// s[j][i] += sum_k A[i, k] * w_j[k] over K columns, for MR rows of A given as au = A + 128 (uint8,
+// row stride lda) and NR weight rows w_j = w + j * ldw. Each A load feeds NR multiply-adds and each
+// W load MR (+1 for sum(w)): at 1 x 8 the loads, not the multiply-adds, set the pace.
+template <int MR, int NR>
+KBIT_VNNI void block_sums(const uint8_t* au, int64_t lda, const int8_t* w, int64_t ldw, int64_t K,
+                          int64_t (*s)[kRowsPerPass]) {
+  __m512i acc[NR][MR], wsum[NR];
+#pragma GCC unroll 2
+  for (int j = 0; j < NR; ++j) {
+    wsum[j] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) acc[j][i] = _mm512_setzero_si512();
+  }
   const __m512i ones = _mm512_set1_epi8(1);
   for (int64_t k = 0; k < K; k += 64) {
     // The tail's missing bytes load as zero weights: they add nothing to either sum.
     const __mmask64 m = K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
-    const __m512i wv = _mm512_maskz_loadu_epi8(m, w + k);
-    wsum = _mm512_dpbusd_epi32(wsum, ones, wv);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_maskz_loadu_epi8(m, au + i * lda + k), wv);
+    __m512i wv[NR];
+#pragma GCC unroll 2
+    for (int j = 0; j < NR; ++j) {
+      wv[j] = _mm512_maskz_loadu_epi8(m, w + j * ldw + k);
+      wsum[j] = _mm512_dpbusd_epi32(wsum[j], ones, wv[j]);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512i av = _mm512_maskz_loadu_epi8(m, au + i * lda + k);
+#pragma GCC unroll 2
+      for (int j = 0; j < NR; ++j) acc[j][i] = _mm512_dpbusd_epi32(acc[j][i], av, wv[j]);
+    }
   }
-  const int64_t offset = 128 * reduce64(wsum);
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) sums[i] += reduce64(acc[i]) - offset;
+#pragma GCC unroll 2
+  for (int j = 0; j < NR; ++j) {
+    const int64_t offset = 128 * reduce64(wsum[j]);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) s[j][i] += reduce64(acc[j][i]) - offset;
+  }
 }
 
-using RowSums = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t*);
+using BlockSums = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int64_t (*)[kRowsPerPass]);
 
-template <int... Rows>
-constexpr auto row_sums_table(std::integer_sequence<int, Rows...>) {
-  return std::array<RowSums, sizeof...(Rows)>{&row_sums<Rows + 1>...};
+// block_sums<MR, NR> for MR = 1..kRowsPerPass, by MR - 1.
+template <int NR, int... Rows>
+constexpr auto block_sums_table(std::integer_sequence<int, Rows...>) {
+  return std::array<BlockSums, sizeof...(Rows)>{&block_sums<Rows + 1, NR>...};
 }
 #endif
 
@@ -81,28 +99,37 @@ void int8_linear_vnni(const int8_t* A, const int8_t* W, const float* a_stats, co
   if (!int8_linear_vnni_applies(M, K) || N <= 0) return;
   std::vector<uint8_t> au(size_t(M * K));
   for (int64_t i = 0; i < M * K; ++i) au[size_t(i)] = uint8_t(int(A[i]) + 128);
-  static const auto table = row_sums_table(std::make_integer_sequence<int, kMaxRows>{});
-  const RowSums sums_of = table[size_t(M - 1)];
-  // K in chunks whose slice of A (at most 16 KB) stays in L1 while a tile of kTileN weight rows
-  // (kTileN * K bytes, in L2) passes over it; W streams from memory once.
-  const int64_t chunk = std::max<int64_t>(64, (kChunkBytes / M) / 64 * 64);
+  static const auto pairs = block_sums_table<2>(std::make_integer_sequence<int, kRowsPerPass>{});
+  static const auto singles = block_sums_table<1>(std::make_integer_sequence<int, kRowsPerPass>{});
+  // Rows of A in passes of up to kRowsPerPass (the accumulators of two weight rows fill the
+  // registers), K in chunks whose slice of a pass's rows (at most 16 KB) stays in L1 while a tile
+  // of kTileN weight rows (in L2) goes over it: W streams from memory once.
+  const int64_t pass_rows = std::min<int64_t>(M, kRowsPerPass);
+  const int64_t chunk = std::max<int64_t>(64, (kChunkBytes / pass_rows) / 64 * 64);
   parallel_for(0, N, kTileN, [&](int64_t t0, int64_t t1) {
-    int64_t sums[kTileN][kMaxRows];
+    int64_t sums[kTileN][kRowsPerPass];
     for (int64_t n0 = t0; n0 < t1; n0 += kTileN) {
       const int64_t n1 = std::min(t1, n0 + kTileN);
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t m = 0; m < M; ++m) sums[n - n0][m] = 0;
-      for (int64_t k0 = 0; k0 < K; k0 += chunk) {
-        const int64_t kl = std::min(chunk, K - k0);
-        for (int64_t n = n0; n < n1; ++n) sums_of(au.data() + k0, K, W + n * K + k0, kl, sums[n - n0]);
-      }
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t m = 0; m < M; ++m) {
-          // int8_linear's epilogue, operation for operation.
-          float v = float(sums[n - n0][m]) * (a_stats[m] * w_stats[n]) * kInv127Sq;
-          if (bias) v += to_float(bias[n]);
-          C[m * N + n] = from_float<T>(v);
+      for (int64_t m0 = 0; m0 < M; m0 += kRowsPerPass) {
+        const int64_t mr = std::min<int64_t>(kRowsPerPass, M - m0);
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t i = 0; i < mr; ++i) sums[n - n0][i] = 0;
+        for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+          const int64_t kl = std::min(chunk, K - k0);
+          const uint8_t* a = au.data() + m0 * K + k0;
+          int64_t n = n0;
+          for (; n + 1 < n1; n += 2) pairs[size_t(mr - 1)](a, K, W + n * K + k0, K, kl, sums + (n - n0));
+          if (n < n1) singles[size_t(mr - 1)](a, K, W + n * K + k0, K, kl, sums + (n - n0));
         }
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t i = 0; i < mr; ++i) {
+            const int64_t m = m0 + i;
+            // int8_linear's epilogue, operation for operation.
+            float v = float(sums[n - n0][i]) * (a_stats[m] * w_stats[n]) * kInv127Sq;
+            if (bias) v += to_float(bias[n]);
+            C[m * N + n] = from_float<T>(v);
+          }
+      }
     }
   });
 #else

@@ -1,8 +1,8 @@
 // AVX-512 VNNI variant of int8_linear (int8_gemm.h) for few rows of A (decode), chosen at run time.
-// Each 64-byte piece of a weight row is loaded once and multiplied against every row of A with
-// vpdpbusd (u8 x s8 -> s32): A is offset to unsigned (a + 128) once per call, and 128 * sum(w),
-// summed by the same instruction against ones, is taken off again. K is taken in chunks whose
-// slice of A stays in L1. The sums are exact, so the results are bit for bit those of int8_linear.
+// Two weight rows at a time against up to 8 rows of A with vpdpbusd (u8 x s8 -> s32): A is offset
+// to unsigned (a + 128) once per call, and 128 * sum(w), summed by the same instruction against
+// ones, is taken off again. K is taken in chunks whose slice of A stays in L1, so W streams from
+// memory once. The sums are exact, so the results are bit for bit those of int8_linear.
 #pragma once
 #include <cstdint>
 
@@ -10,7 +10,7 @@
 
 namespace kbit::core {
 
-// Whether int8_linear_vnni can take this call: a CPU with AVX-512 VNNI, 1 <= M <= 16 rows of A
+// Whether int8_linear_vnni can take this call: a CPU with AVX-512 VNNI, 1 <= M <= 32 rows of A
 // and 0 < K < 2^20 (int32 lanes cannot overflow).
 bool int8_linear_vnni_applies(int64_t M, int64_t K);
 

@@ -28,9 +28,9 @@ at::Tensor int8_mm_dequant(const at::Tensor& q, const at::Tensor& w, const at::T
 
 // Rows of A for which kbit's VNNI kernel beats torch's int8 GEMM. On the 2-core AVX-512 machine
 // (benchmarks/RESULTS.md, "CPU int8 GEMM by rows") torch's GEMM has a fast one-row path but takes
-// ~as long for 2 rows as for 16; the VNNI kernel's time grows with the rows: 1.4-7x faster at
-// 2..8 rows, slower at 1 (small layers) and at 16.
-bool vnni_preferred(int64_t M, int64_t K) { return M >= 2 && M <= 8 && core::int8_linear_vnni_applies(M, K); }
+// about as long for 2 rows as for 24; the VNNI kernel's time grows with the rows: 1.2-4.5x faster
+// at 2..24 rows, about even at 32, slower at 1 row on small layers and from 48 rows.
+bool vnni_preferred(int64_t M, int64_t K) { return M >= 2 && M <= 24 && core::int8_linear_vnni_applies(M, K); }
 
 // float32 (M x N) = the dequantized int8 product of contiguous q (M x K) and w (N x K), the same
 // bits on every path: kbit's VNNI kernel, torch's int8 GEMM, or the core kernel (long rows).

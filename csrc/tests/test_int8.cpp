@@ -168,7 +168,7 @@ TYPED_TEST(Int8Linear, MatchesExactReference) {
 TYPED_TEST(Int8Linear, VnniMatchesExactReference) {
   if (!int8_linear_vnni_applies(1, 64)) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   uint32_t seed = 11;
-  for (int64_t M : {1, 2, 3, 5, 8, 13, 16})
+  for (int64_t M : {1, 2, 3, 5, 8, 13, 16, 24, 32})
     for (int64_t N : {1, 3, 130})
       for (int64_t K : {1, 63, 64, 100, 4104})
         check_linear<TypeParam>(M, N, K, (seed++) % 2 == 0, seed, &int8_linear_vnni<TypeParam>);
@@ -180,7 +180,7 @@ TEST(Int8LinearConventions, VnniLanesDoNotOverflow) {
   const int64_t M = 1, N = 2, K = (int64_t(1) << 20) - 64;
   ASSERT_TRUE(int8_linear_vnni_applies(M, K));
   ASSERT_FALSE(int8_linear_vnni_applies(M, K + 64));
-  ASSERT_FALSE(int8_linear_vnni_applies(17, 64));
+  ASSERT_FALSE(int8_linear_vnni_applies(33, 64));
   std::vector<int8_t> A(static_cast<size_t>(M * K), 127), W(static_cast<size_t>(N * K), -128);
   std::vector<float> as(M, 1.0f), ws(N, 1.0f), C(static_cast<size_t>(M * N));
   int8_linear_vnni<float>(A.data(), W.data(), as.data(), ws.data(), nullptr, M, N, K, C.data());
