@@ -28,7 +28,7 @@ at::Tensor int8_mm_dequant(const at::Tensor& q, const at::Tensor& w, const at::T
 
 // Rows of A for which kbit's VNNI kernel beats torch's int8 GEMM. On the 2-core AVX-512 machine
 // (benchmarks/RESULTS.md, "CPU int8 GEMM by rows") torch's GEMM has a fast one-row path but takes
-// about as long for 2 rows as for 24; the VNNI kernel's time grows with the rows: 1.2-4.5x faster
+// about as long for 2 rows as for 24; the VNNI kernel's time grows with the rows: 1.1-3.6x faster
 // at 2..24 rows, about even at 32, slower at 1 row on small layers and from 48 rows.
 bool vnni_preferred(int64_t M, int64_t K) { return M >= 2 && M <= 24 && core::int8_linear_vnni_applies(M, K); }
 
