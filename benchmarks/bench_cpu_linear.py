@@ -25,6 +25,8 @@ def main():
     p.add_argument("--tokens", default="1,2,8,16,64,256")
     p.add_argument("--dtypes", default="bfloat16,float16,float32")
     p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--variants", action="store_true",
+                   help="also time each NF4 path forced (KBIT_CPU_LINEAR4_PATH), printed as '#' lines")
     args = p.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -44,6 +46,14 @@ def main():
                 kb = median_ms(lambda: F.linear_4bit(A, packed, state), args.repeat)
                 k8 = median_ms(lambda: F.linear_8bit(A, W8, w_stats, threshold=6.0), args.repeat)
                 dn = median_ms(lambda: torch.nn.functional.linear(A, dense), args.repeat)
+                if args.variants:
+                    forced = {}
+                    for path in ("bfloat16", "float32", "slabs"):
+                        os.environ["KBIT_CPU_LINEAR4_PATH"] = path
+                        forced[path] = median_ms(lambda: F.linear_4bit(A, packed, state), args.repeat)
+                        del os.environ["KBIT_CPU_LINEAR4_PATH"]
+                    print(f"# {shape} {dname} {M}: NF4 forced " +
+                          ", ".join(f"{k} {v:.2f} ms" for k, v in forced.items()) + f" (default {kb:.2f})", flush=True)
                 print(f"| {shape} | {dname} | {M} | {kb:.2f} | {k8:.2f} | {dn:.2f} | {dn / kb:.2f}x | "
                       f"{dn / k8:.2f}x |", flush=True)
 

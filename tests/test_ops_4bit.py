@@ -150,6 +150,40 @@ def test_linear_4bit_matches_dequantized_matmul(M, dtype, double_quant):
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
 
 
+def test_linear_4bit_bfloat16_few_rows_are_batch_invariant():
+    # Up to 8 rows of bfloat16 take one streaming kernel (the bfloat16 one on AVX512-BF16 CPUs, in
+    # passes of 8 rows): a row's output does not depend on the rows beside it. Quantization blocks
+    # straddle weight rows (K % 64 != 0).
+    N, K = 70, 2080
+    W = torch.randn(N, K)
+    packed, state = F.quantize_4bit(W, blocksize=64, double_quant=True)
+    A = torch.randn(8, K).bfloat16()
+    full = F.linear_4bit(A, packed, state)
+    for m in range(1, 8):
+        assert torch.equal(F.linear_4bit(A[:m], packed, state), full[:m]), m
+    ref = A.float() @ dequantized_weight(packed, state, torch.bfloat16).float().t()
+    err = ((full.float() - ref).norm() / ref.norm()).item()
+    assert err < 5e-3, err
+
+
+@pytest.mark.parametrize("path", ["bfloat16", "float32", "slabs"])
+def test_linear_4bit_cpu_forced_paths(monkeypatch, path):
+    # Every CPU path (KBIT_CPU_LINEAR4_PATH forces one; bfloat16 only where the CPU has AVX512-BF16,
+    # else the default) against the dequantized matmul, for bfloat16 and float32 activations.
+    monkeypatch.setenv("KBIT_CPU_LINEAR4_PATH", path)
+    N, K = 40, 320
+    W = torch.randn(N, K)
+    packed, state = F.quantize_4bit(W, blocksize=64, double_quant=True)
+    bias = torch.randn(N)
+    for dtype, tol in ((torch.bfloat16, 1e-2), (torch.float32, 1e-6)):
+        for M in (1, 5, 20):
+            A = torch.randn(M, K).to(dtype)
+            out = F.linear_4bit(A, packed, state, bias.to(dtype))
+            ref = A.float() @ dequantized_weight(packed, state).t() + bias.to(dtype).float()
+            err = ((out.float() - ref).norm() / ref.norm()).item()
+            assert out.dtype == dtype and err < tol, (dtype, M, err)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_linear_4bit_many_rows_spans_several_slabs(dtype):
     # Enough rows of A for the slab path, and K odd with ~4 MB slabs of 255 or 511 rows: later slabs

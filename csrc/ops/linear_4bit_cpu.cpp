@@ -1,16 +1,20 @@
 // CPU registration of linear_4bit: C = A @ dequant(W)^T + bias for a 4-bit blockwise weight.
-// Small M uses the core kernel, which streams the packed weight once; large M dequantizes W a slab
-// of rows at a time and hands each slab to torch's matmul, which wins when the weight is reused
-// across many rows.
+// Small M uses a core kernel, which streams the packed weight once (for bfloat16 activations on
+// AVX512-BF16 CPUs the bfloat16 one, else the float32 one); large M dequantizes W a slab of rows at
+// a time and hands each slab to torch's matmul, which wins when the weight is reused across many
+// rows.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/blockwise_4bit.h"
 #include "core/blockwise_8bit.h"
 #include "core/gemm_4bit.h"
 #include "core/gemm_4bit_avx512.h"
+#include "core/gemm_4bit_avx512bf16.h"
 #include "ops/checks.h"
 #include "ops/dispatch.h"
 
@@ -25,6 +29,25 @@ int64_t max_rows_for_streaming(at::ScalarType dtype, int64_t K, int64_t blocksiz
   const bool bf16 = dtype == at::kBFloat16;
   if (core::gemm_4bit_avx512_applies(K, blocksize)) return bf16 ? 8 : 16;
   return bf16 ? 1 : 8;
+}
+// bfloat16 activations on AVX512-BF16 CPUs, up to 16 rows: the bfloat16 kernel (W decoded to
+// bfloat16, as the slabs and the CUDA kernels hold it) beats the float32 streaming kernel at 1..16
+// rows and the slabs to 16 rows on the development machine; even at 24, behind at 32
+// (benchmarks/RESULTS.md, "CPU NF4 with bfloat16 activations").
+bool bf16dot_preferred(at::ScalarType dtype, int64_t M, int64_t K, int64_t blocksize) {
+  return dtype == at::kBFloat16 && M <= 16 && core::gemm_4bit_avx512bf16_applies(K, blocksize);
+}
+
+enum class CpuPath { Auto, Bfloat16, Float32, Slabs };
+
+// KBIT_CPU_LINEAR4_PATH=bfloat16|float32|slabs forces a path where it applies (benchmarks, tests).
+CpuPath forced_cpu_path() {
+  const char* p = std::getenv("KBIT_CPU_LINEAR4_PATH");
+  if (p == nullptr) return CpuPath::Auto;
+  if (std::strcmp(p, "bfloat16") == 0) return CpuPath::Bfloat16;
+  if (std::strcmp(p, "float32") == 0) return CpuPath::Float32;
+  if (std::strcmp(p, "slabs") == 0) return CpuPath::Slabs;
+  return CpuPath::Auto;
 }
 constexpr int64_t kSlabBytes = 4 << 20;  // one dequantized slab of W: stays in the cores' caches
 
@@ -127,7 +150,22 @@ at::Tensor linear_4bit_cpu(const at::Tensor& A, const at::Tensor& packed, const 
   const int64_t M = c10::multiply_integers(A.sizes().slice(0, A.dim() - 1));
   auto a = A.contiguous();
 
-  if (M <= max_rows_for_streaming(A.scalar_type(), K, blocksize)) {
+  CpuPath path = forced_cpu_path();
+  if (path == CpuPath::Bfloat16 &&
+      !(A.scalar_type() == at::kBFloat16 && core::gemm_4bit_avx512bf16_applies(K, blocksize)))
+    path = CpuPath::Auto;
+  if (path == CpuPath::Auto)
+    path = bf16dot_preferred(A.scalar_type(), M, K, blocksize)                ? CpuPath::Bfloat16
+           : M <= max_rows_for_streaming(A.scalar_type(), K, blocksize) ? CpuPath::Float32
+                                                                             : CpuPath::Slabs;
+  if (path == CpuPath::Bfloat16) {
+    auto out = at::empty(out_sizes, A.options());
+    core::gemm_4bit_avx512bf16(data_as<core::bfloat16>(a), bytes.data_ptr<uint8_t>(), am.data_ptr<float>(),
+                               b.defined() ? data_as<core::bfloat16>(b) : nullptr, M, N, K, blocksize, type,
+                               data_as<core::bfloat16>(out));
+    return out;
+  }
+  if (path == CpuPath::Float32) {
     auto out = at::empty(out_sizes, A.options());
     dispatch_float(A.scalar_type(), [&](auto tag) {
       using T = typename decltype(tag)::type;
