@@ -19,7 +19,7 @@ namespace kbit::core {
 namespace {
 
 constexpr int kRowsPerPass = 8;             // rows of A whose sums stay in registers
-constexpr int64_t kTileN = 32;              // weight rows per task step
+constexpr int64_t kTileN = 32;              // weight rows per pass of A's rows
 
 #ifdef KBIT_HAVE_BF16_KERNEL
 // The 32 weights of one group as bfloat16: 16 packed bytes -> 32 nibble indices (element 2j is the
@@ -32,46 +32,44 @@ KBIT_BF16DOT __m512bh decode32(const uint8_t* p, __m512i lut) {
   return reinterpret_cast<__m512bh>(_mm512_permutexvar_epi16(idx, lut));
 }
 
-// s[i] += dot(A row i, dequantized weight row) over the columns [k0, k0 + kl) of one weight row
-// whose element 0 is flat element e0, for MR rows of A (bfloat16, row stride lda, already offset
-// by k0); code16: the 16 code values. Two groups per step into two sets of sums, so that even one
+// s[i] = dot(A row i, dequantized weight row) for one weight row of K columns whose element 0 is
+// flat element e0, for MR rows of A (bfloat16, row stride K); code16: the 16 code values. Two groups per step into two sets of sums, so that even one
 // row of A has two chains of dot products in flight.
 template <int MR>
-KBIT_BF16DOT void row_dots(const bfloat16* A, int64_t lda, const uint8_t* packed, const float* absmax, int64_t e0,
-                           int64_t k0, int64_t kl, int bs_log2, const float* code16, float* s) {
+KBIT_BF16DOT void row_dots(const bfloat16* A, const uint8_t* packed, const float* absmax, int64_t e0, int64_t K,
+                           int bs_log2, const float* code16, float* s) {
   const __m512 code = _mm512_loadu_ps(code16);
   __m512 acc0[MR], acc1[MR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < kl;) {  // one quantization block (or the chunk's part of it) at a time
-    const int64_t e = e0 + k0 + k, block = e >> bs_log2;  // blocksize is a power of two: no division
-    const int64_t end = k + std::min(kl - k, ((block + 1) << bs_log2) - e);
+  for (int64_t k = 0; k < K;) {  // one quantization block (or the row's part of it) at a time
+    const int64_t e = e0 + k, block = e >> bs_log2;  // blocksize is a power of two: no division
+    const int64_t end = k + std::min(K - k, ((block + 1) << bs_log2) - e);
     // The block's 16 values rounded to bfloat16, in the low 256 bits (the permute reads those).
     const __m512i lut = _mm512_castsi256_si512(
         reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_mul_ps(code, _mm512_set1_ps(absmax[block])))));
-    const uint8_t* p = packed + (e0 + k0) / 2;
+    const uint8_t* p = packed + e0 / 2;
     for (; k + 64 <= end; k += 64) {
       const __m512bh w0 = decode32(p + k / 2, lut), w1 = decode32(p + k / 2 + 16, lut);
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
-        acc0[i] = _mm512_dpbf16_ps(acc0[i], reinterpret_cast<__m512bh>(_mm512_loadu_si512(A + i * lda + k)), w0);
-        acc1[i] = _mm512_dpbf16_ps(acc1[i], reinterpret_cast<__m512bh>(_mm512_loadu_si512(A + i * lda + k + 32)), w1);
+        acc0[i] = _mm512_dpbf16_ps(acc0[i], reinterpret_cast<__m512bh>(_mm512_loadu_si512(A + i * K + k)), w0);
+        acc1[i] = _mm512_dpbf16_ps(acc1[i], reinterpret_cast<__m512bh>(_mm512_loadu_si512(A + i * K + k + 32)), w1);
       }
     }
-    if (k < end) {  // an odd group: the block (or the chunk) holds 32 more columns
+    if (k < end) {  // an odd group: the block (or the row's part of it) holds 32 more columns
       const __m512bh w0 = decode32(p + k / 2, lut);
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i)
-        acc0[i] = _mm512_dpbf16_ps(acc0[i], reinterpret_cast<__m512bh>(_mm512_loadu_si512(A + i * lda + k)), w0);
+        acc0[i] = _mm512_dpbf16_ps(acc0[i], reinterpret_cast<__m512bh>(_mm512_loadu_si512(A + i * K + k)), w0);
       k += 32;
     }
   }
 #pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) s[i] += _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i]));
+  for (int i = 0; i < MR; ++i) s[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i]));
 }
 
-using RowDots = void (*)(const bfloat16*, int64_t, const uint8_t*, const float*, int64_t, int64_t, int64_t, int,
-                         const float*, float*);
+using RowDots = void (*)(const bfloat16*, const uint8_t*, const float*, int64_t, int64_t, int, const float*, float*);
 
 template <int... Rows>
 constexpr auto row_dots_table(std::integer_sequence<int, Rows...>) {
@@ -100,31 +98,24 @@ void gemm_4bit_avx512bf16(const bfloat16* A, const uint8_t* packed, const float*
   const float* code16 = code_4bit(type).data();
   int bs_log2 = 0;
   while ((int64_t(1) << bs_log2) < blocksize) ++bs_log2;
-  // Rows of A in passes of up to kRowsPerPass; each weight row is taken whole against them (A from
-  // L2), so a row's sums are formed the same way in any batch. (Chunks of K sized for L1 cost a
-  // reduction and a call per chunk, which made one and two rows 1.4x slower.)
-  const int64_t chunk = K;
+  // Rows of A in passes of up to kRowsPerPass over tiles of kTileN weight rows (in L2 for the next
+  // pass), each weight row taken whole (A from L2), so a row's sums are formed the same way in any
+  // batch. (Chunks of K sized for L1 cost a reduction and a call per chunk, which made one and two
+  // rows 1.4x slower.)
   parallel_for(0, N, kTileN, [&](int64_t t0, int64_t t1) {
-    float sums[kTileN][kRowsPerPass];
-    for (int64_t n0 = t0; n0 < t1; n0 += kTileN) {
-      const int64_t n1 = std::min(t1, n0 + kTileN);
+    float sums[kRowsPerPass];
+    for (int64_t n0 = t0; n0 < t1; n0 += kTileN)
       for (int64_t m0 = 0; m0 < M; m0 += kRowsPerPass) {
         const int64_t mr = std::min<int64_t>(kRowsPerPass, M - m0);
-        for (int64_t n = n0; n < n1; ++n)
-          for (int64_t i = 0; i < mr; ++i) sums[n - n0][i] = 0.0f;
-        for (int64_t k0 = 0; k0 < K; k0 += chunk) {
-          const int64_t kl = std::min(chunk, K - k0);
-          for (int64_t n = n0; n < n1; ++n)
-            table[size_t(mr - 1)](A + m0 * K + k0, K, packed, absmax, n * K, k0, kl, bs_log2, code16, sums[n - n0]);
-        }
-        for (int64_t n = n0; n < n1; ++n)
+        for (int64_t n = n0; n < std::min(t1, n0 + kTileN); ++n) {
+          table[size_t(mr - 1)](A + m0 * K, packed, absmax, n * K, K, bs_log2, code16, sums);
           for (int64_t i = 0; i < mr; ++i) {
-            float v = sums[n - n0][i];
+            float v = sums[i];
             if (bias) v += to_float(bias[n]);
             C[(m0 + i) * N + n] = from_float<bfloat16>(v);
           }
+        }
       }
-    }
   });
 #else
   (void)A, (void)packed, (void)absmax, (void)bias, (void)M, (void)N, (void)K, (void)blocksize, (void)type, (void)C;

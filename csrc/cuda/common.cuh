@@ -82,6 +82,10 @@ __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+// The bit pattern of a 16-bit value, for packing values into wider stores.
+__device__ __forceinline__ uint32_t bits16(__half x) { return __half_as_ushort(x); }
+__device__ __forceinline__ uint32_t bits16(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+
 // Two floats -> one 32-bit register of two T (low half = a), rounded to nearest even.
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float a, float b);

@@ -35,9 +35,6 @@ struct EpiParams {
   void* out;
 };
 
-__device__ __forceinline__ uint32_t bits16(__half x) { return __half_as_ushort(x); }
-__device__ __forceinline__ uint32_t bits16(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
-
 template <typename TO>
 __device__ __forceinline__ void store4(TO* p, const float (&v)[4]) {
   if constexpr (sizeof(TO) == 4) {

@@ -54,12 +54,6 @@ struct MmaType<float> {
   using type = __nv_bfloat16;
 };
 
-template <typename T>
-__device__ __forceinline__ uint16_t bits16(float x) {
-  const T h = from_f32<T>(x);
-  return *reinterpret_cast<const uint16_t*>(&h);
-}
-
 // One step's gathered values, held in registers while the previous step's MMAs run: thread t
 // owns outlier rank base + (t % 32) and tile rows (or weight rows) t / 32 + 8 i.
 constexpr int kPerThread = kTileM * kStepCols / kThreads;  // 16
@@ -102,13 +96,13 @@ __device__ __forceinline__ void store_stage(const Stage<TA>& s, uint16_t* a_hi, 
   for (int i = 0; i < kPerThread; ++i) {
     const int off = (r + 8 * i) * kPitch + j;
     if constexpr (sizeof(TA) == 2) {
-      a_hi[off] = *reinterpret_cast<const uint16_t*>(&s.a[i]);
+      a_hi[off] = bits16(s.a[i]);
     } else {
       const __nv_bfloat16 h = __float2bfloat16_rn(s.a[i]);
-      a_hi[off] = __bfloat16_as_ushort(h);
-      a_lo[off] = bits16<__nv_bfloat16>(s.a[i] - __bfloat162float(h));
+      a_hi[off] = bits16(h);
+      a_lo[off] = bits16(__float2bfloat16_rn(s.a[i] - __bfloat162float(h)));
     }
-    w[off] = bits16<T>(float(s.w[i]));
+    w[off] = bits16(from_f32<T>(float(s.w[i])));
   }
 }
 

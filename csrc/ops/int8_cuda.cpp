@@ -14,13 +14,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "cuda/int8.cuh"
 #include "ops/checks.h"
 #include "ops/cuda_launch.h"
+#include "ops/forced_path.h"
 #include "ops/int8_checks.h"
 
 namespace kbit::ops {
@@ -36,10 +35,10 @@ Path choose_path(int64_t M, int64_t N, int64_t K, const at::Tensor& q, const at:
   const bool wgmma_ok = cuda::int8_gemm_wgmma_supported(M, N, K) && aligned16(q) && aligned16(w);
   // cuBLAS int8 GEMM via at::_int_mm: it wants more than 16 rows and K, N multiples of 8.
   const bool int_mm_ok = M > 16 && K % 8 == 0 && N % 8 == 0;
-  const char* forced = std::getenv("KBIT_INT8_PATH");
-  if (forced && std::strcmp(forced, "skinny") == 0) return Path::Skinny;
-  if (forced && std::strcmp(forced, "wgmma") == 0 && wgmma_ok) return Path::Wgmma;
-  if (forced && std::strcmp(forced, "intmm") == 0 && int_mm_ok) return Path::IntMm;
+  const int forced = forced_choice("KBIT_INT8_PATH", {"skinny", "wgmma", "intmm"});
+  if (forced == 1) return Path::Skinny;
+  if (forced == 2 && wgmma_ok) return Path::Wgmma;
+  if (forced == 3 && int_mm_ok) return Path::IntMm;
   // Measured on an H100 (benchmarks/RESULTS.md, session 5, Llama shapes, 64..4096 tokens): the
   // skinny kernel wins to 64 tokens on 4096-feature layers; below 512 tokens the wgmma kernel
   // (split-K there) wins only past one 128-token tile on wide layers (14336 and 28672 features at

@@ -7,8 +7,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "core/blockwise_4bit.h"
 #include "core/blockwise_8bit.h"
@@ -17,6 +15,7 @@
 #include "core/gemm_4bit_avx512bf16.h"
 #include "ops/checks.h"
 #include "ops/dispatch.h"
+#include "ops/forced_path.h"
 
 namespace kbit::ops {
 namespace {
@@ -42,12 +41,7 @@ enum class CpuPath { Auto, Bfloat16, Float32, Slabs };
 
 // KBIT_CPU_LINEAR4_PATH=bfloat16|float32|slabs forces a path where it applies (benchmarks, tests).
 CpuPath forced_cpu_path() {
-  const char* p = std::getenv("KBIT_CPU_LINEAR4_PATH");
-  if (p == nullptr) return CpuPath::Auto;
-  if (std::strcmp(p, "bfloat16") == 0) return CpuPath::Bfloat16;
-  if (std::strcmp(p, "float32") == 0) return CpuPath::Float32;
-  if (std::strcmp(p, "slabs") == 0) return CpuPath::Slabs;
-  return CpuPath::Auto;
+  return CpuPath(forced_choice("KBIT_CPU_LINEAR4_PATH", {"bfloat16", "float32", "slabs"}));  // 0 = Auto
 }
 constexpr int64_t kSlabBytes = 4 << 20;  // one dequantized slab of W: stays in the cores' caches
 

@@ -15,12 +15,12 @@
 #include <torch/library.h>
 
 #include <cstdlib>
-#include <cstring>
 
 #include "cuda/blockwise_4bit.cuh"
 #include "cuda/linear_4bit.cuh"
 #include "ops/checks.h"
 #include "ops/cuda_launch.h"
+#include "ops/forced_path.h"
 
 namespace kbit::ops {
 namespace {
@@ -28,13 +28,7 @@ namespace {
 enum class Path { Auto, Skinny, Tiled, Wgmma, Dequant };
 
 Path forced_path() {
-  const char* p = std::getenv("KBIT_LINEAR4_PATH");
-  if (p == nullptr) return Path::Auto;
-  if (std::strcmp(p, "skinny") == 0) return Path::Skinny;
-  if (std::strcmp(p, "tiled") == 0) return Path::Tiled;
-  if (std::strcmp(p, "wgmma") == 0) return Path::Wgmma;
-  if (std::strcmp(p, "dequant") == 0) return Path::Dequant;
-  return Path::Auto;
+  return Path(forced_choice("KBIT_LINEAR4_PATH", {"skinny", "tiled", "wgmma", "dequant"}));  // 0 = Auto
 }
 
 int64_t tiled_max() {
