@@ -131,7 +131,9 @@ def main():
 def add_variants(variants, timer, clean, layer, N, K, M, dtype, dense):
     A = torch.randn(M, K, device="cuda", dtype=dtype)
     forced = [("skinny", {"KBIT_LINEAR4_PATH": "skinny"}), ("tiled", {"KBIT_LINEAR4_PATH": "tiled"}),
-              ("wgmma", {"KBIT_LINEAR4_PATH": "wgmma"}), ("dequant+cuBLAS", {"KBIT_LINEAR4_PATH": "dequant"})]
+              ("wgmma 128", {"KBIT_LINEAR4_PATH": "wgmma", "KBIT_LINEAR4_WGMMA_TILE": "128"}),
+              ("wgmma 256", {"KBIT_LINEAR4_PATH": "wgmma", "KBIT_LINEAR4_WGMMA_TILE": "256"}),
+              ("dequant+cuBLAS", {"KBIT_LINEAR4_PATH": "dequant"})]
     for name, env in forced:
         if name.startswith("skinny") and M > 16:
             continue

@@ -188,11 +188,16 @@ def poison_allocator():
 
 @pytest.fixture
 def path_env(monkeypatch):
-    """Forces a linear_4bit kernel: auto, skinny, tiled, dequant."""
+    """Forces a linear_4bit kernel: auto, skinny, tiled, wgmma (tile by token count), wgmma128 and
+    wgmma256 (tokens per block forced), dequant."""
 
     def set_path(path):
+        monkeypatch.delenv("KBIT_LINEAR4_WGMMA_TILE", raising=False)
         if path == "auto":
             monkeypatch.delenv("KBIT_LINEAR4_PATH", raising=False)
+        elif path.startswith("wgmma") and path != "wgmma":
+            monkeypatch.setenv("KBIT_LINEAR4_PATH", "wgmma")
+            monkeypatch.setenv("KBIT_LINEAR4_WGMMA_TILE", path[len("wgmma"):])
         else:
             monkeypatch.setenv("KBIT_LINEAR4_PATH", path)
 
@@ -361,7 +366,7 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-5}
 
 @pytest.mark.parametrize("dq", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("path", ["auto", "skinny", "tiled", "wgmma", "dequant"])
+@pytest.mark.parametrize("path", ["auto", "skinny", "tiled", "wgmma", "wgmma128", "wgmma256", "dequant"])
 def test_linear_paths(path, dtype, dq, path_env):
     N, K = 272, 640  # N not a multiple of 128, K not of 128
     packed, state, b, W_ref = make_layer(N, K, dq=dq, dtype=dtype)
@@ -393,7 +398,7 @@ SHAPES = [  # (N, K, blocksize, quant_type)
 def test_linear_shapes(shape, dtype, dq, path_env):
     N, K, bs, qt = shape
     packed, state, b, W_ref = make_layer(N, K, bs, qt, dq=dq, dtype=dtype)
-    for path in ["auto", "tiled", "wgmma"]:
+    for path in ["auto", "tiled", "wgmma128", "wgmma256"]:
         path_env(path)
         for M in [1, 5, 16, 17, 77, 300]:
             A = torch.randn(M, K, device=DEV, dtype=dtype)
@@ -409,7 +414,7 @@ def test_linear_shapes(shape, dtype, dq, path_env):
 def test_linear_large_m_and_batched(path_env):
     N, K = 256, 512
     packed, state, b, W_ref = make_layer(N, K, dq=True)
-    for path in ["auto", "tiled", "wgmma", "dequant"]:
+    for path in ["auto", "tiled", "wgmma128", "wgmma256", "dequant"]:
         path_env(path)
         A = torch.randn(4096, K, device=DEV, dtype=torch.bfloat16)
         assert linear_err(run_linear(A, packed, state, b, N, K), A, W_ref, b) < 1e-2
@@ -557,7 +562,7 @@ def test_sanitize_sweep(path_env):
     for N, K in [(17, 96), (130, 4128), (40, 100)]:
         for dq in [False, True]:
             packed, state, b, W_ref = make_layer(N, K, dq=dq)
-            for path in ["auto", "skinny", "tiled", "wgmma", "dequant"]:
+            for path in ["auto", "skinny", "tiled", "wgmma128", "wgmma256", "dequant"]:
                 path_env(path)
                 for M in [1, 9, 70, 200]:
                     if path == "skinny" and M > 16:

@@ -5,10 +5,11 @@
 // and issues m64n256k32 wgmmas with both operands in shared memory. Per 128-byte K tile a stage
 // holds the 128 token rows (16 KB) and the 256 weight rows (32 KB) in wgmma's K-major 128-byte
 // swizzle: row r at r * 128, its 16-byte chunk c at position c ^ (r % 8) (1024-byte aligned atoms
-// of 8 rows). Every thread copies 12 chunks per stage with cp.async (zero-filled past M, N and K);
-// a warp's 32 copies are 4 whole 128-byte rows, and each 8 lanes' chunks land in distinct banks.
-// Four stages: two tiles are in flight while a third is multiplied, and each warpgroup keeps one
-// tile's wgmmas running while it waits at the next barrier.
+// of 8 rows). Thread 0 fills a stage with two TMA copies (zeros past M, N and K) counted on the
+// stage's mbarrier; until session 7 every thread copied 12 chunks with cp.async, which held the
+// load/store units and was slower. Four stages: two tiles are in flight while a third is
+// multiplied, and each warpgroup keeps one tile's wgmmas running while it waits at the next
+// barrier.
 //
 // Epilogue: out[m, n] = w_stats[n] * (acc * a_stats[m] / 127^2 + sum_j A[m, c_j] * W[n, c_j] / 127)
 // + bias[n], over the outlier columns c_j (count[0] of them, list[]; Aq zeroed there by
@@ -19,6 +20,7 @@
 // zeroed workspace; the last block of a tile to finish (a counter per tile) runs the epilogue.
 // Integer sums, so the result does not depend on the order.
 #include "cuda/int8_common.cuh"
+#include "cuda/tensor_map.cuh"
 #include "cuda/wgmma.cuh"
 
 namespace kbit::cuda {
@@ -34,7 +36,8 @@ constexpr int kTileK = 128;  // bytes of K per stage: 4 wgmma k32 steps
 constexpr int kAStage = kTileM * kTileK;
 constexpr int kStageBytes = kAStage + kTileN * kTileK;  // 48 KB
 constexpr int kStages = 4;
-constexpr int kSmem = kStages * kStageBytes + 1024;  // + alignment of the swizzle atoms
+constexpr int kBarAt = kStages * kStageBytes;         // one mbarrier per stage, after the stages
+constexpr int kSmem = kBarAt + kStages * 8 + 1024;    // + alignment of the swizzle atoms
 constexpr int kRound = 32;  // outlier columns staged per round of the epilogue
 static_assert(kRound * (kTileM + kTileN) * 4 <= kSmem, "outlier staging fits in the stages");
 
@@ -57,24 +60,10 @@ struct GemmParams {
 
 #ifdef KBIT_SM90A_DEVICE
 
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 // Pins the accumulators around the asynchronous MMAs (no reordering of their reads and writes).
 __device__ __forceinline__ void fence_acc(int (&d)[128]) {
 #pragma unroll
   for (int i = 0; i < 128; ++i) asm volatile("" : "+r"(d[i])::"memory");
-}
-
-// Descriptor of a K-major operand in the 128-byte swizzle: 8-row atoms 1024 bytes apart (the
-// leading offset is unused there). A k32 step starts 32 bytes further into the rows.
-__device__ __forceinline__ uint64_t desc(uint32_t addr) {
-  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
 
 #define KBIT_ACC8(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3]), "+r"(d[i + 4]), \
@@ -113,7 +102,9 @@ __device__ __forceinline__ void store2(TO* p, float a, float b) {
 #endif  // KBIT_SM90A_DEVICE
 
 template <typename TO>
-__global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const GemmParams p) {
+__global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const __grid_constant__ CUtensorMap amap,
+                                                           const __grid_constant__ CUtensorMap wmap,
+                                                           const GemmParams p) {
 #ifdef KBIT_SM90A_DEVICE
   extern __shared__ __align__(128) uint8_t smem_raw[];
   const uint32_t raw = uint32_t(__cvta_generic_to_shared(smem_raw));
@@ -125,55 +116,36 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const GemmParams p) {
   const int64_t kt0 = int64_t(blockIdx.z) * p.per;
   const int nkt = int(min(ceil_div(K, kTileK), kt0 + p.per) - kt0);
 
-  // This thread copies chunk c of token rows r0 + 32i (i < 4) and weight rows r0 + 32i (i < 8).
-  const int c = tid & 7, r0 = tid >> 3;
-  const int8_t* pa = p.Aq + (m0 + r0) * K + 16 * c;
-  const int8_t* pb = p.W + (n0 + r0) * K + 16 * c;
-  uint32_t a_ok = 0, b_ok = 0;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    if (i < 4 && m0 + r0 + 32 * i < M) a_ok |= 1u << i;
-    if (n0 + r0 + 32 * i < N) b_ok |= 1u << i;
-  }
-  const uint32_t th_off = r0 * 128 + ((c ^ (r0 & 7)) << 4);  // rows r0 + 32i: same swizzle
-  const uint32_t sa_th = sbase + th_off, sb_th = sbase + kAStage + th_off;
+  // Thread 0 copies K tile kt into stage s with two TMAs (128 token rows, 256 weight rows, zeros
+  // past M, N and K); mbarrier s counts their bytes.
+  const uint32_t bar = sbase + kBarAt;
   auto load_stage = [&](int s, int64_t kt) {
-    const int64_t k = kt * kTileK;
-    const bool kok = k + 16 * c < K;  // K % 16 == 0: a chunk is all in or all out
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const bool ok = kok && ((a_ok >> i) & 1u);
-      cp_async16(sa_th + s * kStageBytes + i * 32 * 128, ok ? pa + i * 32 * K + k : p.Aq, ok ? 16 : 0);
-    }
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const bool ok = kok && ((b_ok >> i) & 1u);
-      cp_async16(sb_th + s * kStageBytes + i * 32 * 128, ok ? pb + i * 32 * K + k : p.W, ok ? 16 : 0);
-    }
+    const uint32_t st = sbase + s * kStageBytes;
+    wgmma::mbar_arrive_expect(bar + 8 * s, kStageBytes);
+    wgmma::tma_load_2d(st, &amap, int32_t(kt * kTileK), int32_t(m0), bar + 8 * s);
+    wgmma::tma_load_2d(st + kAStage, &wmap, int32_t(kt * kTileK), int32_t(n0), bar + 8 * s);
   };
 
   int acc[128];
 #pragma unroll
   for (int i = 0; i < 128; ++i) acc[i] = 0;
-#pragma unroll
-  for (int s = 0; s < kStages - 2; ++s) {
-    if (s < nkt) load_stage(s, kt0 + s);
-    cp_async_commit();
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) wgmma::mbar_init(bar + 8 * s, 1);
+    wgmma::mbar_init_fence();
+    for (int s = 0; s < kStages - 2 && s < nkt; ++s) load_stage(s, kt0 + s);
   }
   for (int it = 0; it < nkt; ++it) {
-    // Tile `it` has landed for every thread, and every warpgroup is done with tile it - 2, whose
-    // stage the next copy overwrites.
-    cp_async_wait<kStages - 3>();
-    wgmma::proxy_fence();
+    // Every warpgroup is done with tile it - 2, whose stage the next copy overwrites (and, at the
+    // first tile, the mbarriers are initialized).
     __syncthreads();
-    if (it + kStages - 2 < nkt) load_stage((it + kStages - 2) % kStages, kt0 + it + kStages - 2);
-    cp_async_commit();
+    if (tid == 0 && it + kStages - 2 < nkt) load_stage((it + kStages - 2) % kStages, kt0 + it + kStages - 2);
+    wgmma::mbar_wait(bar + 8 * (it % kStages), uint32_t(it / kStages) & 1u);
     const uint32_t st = sbase + (it % kStages) * kStageBytes;
     wgmma::fence();
     fence_acc(acc);
 #pragma unroll
     for (int j = 0; j < kTileK / 32; ++j)
-      wgmma_m64n256k32(acc, desc(st + wg * 64 * 128 + j * 32), desc(st + kAStage + j * 32));
+      wgmma_m64n256k32(acc, wgmma::desc_sw128(st + wg * 64 * 128 + j * 32), wgmma::desc_sw128(st + kAStage + j * 32));
     wgmma::commit();
     wgmma::wait<1>();
   }
@@ -296,7 +268,12 @@ cudaError_t launch(const GemmParams& p, int splits, cudaStream_t stream) {
   cudaError_t e = allow_dynamic_smem(gemm_kernel<TO>, kSmem, smem_allowed);
   if (e != cudaSuccess) return e;
   const dim3 grid(unsigned(ceil_div(p.M, kTileM)), unsigned(ceil_div(p.N, kTileN)), unsigned(splits));
-  gemm_kernel<TO><<<grid, kThreads, kSmem, stream>>>(p);
+  CUtensorMap amap, wmap;
+  e = tensor_map_sw128(&amap, p.Aq, p.M, p.K, 1, kTileM);
+  if (e != cudaSuccess) return e;
+  e = tensor_map_sw128(&wmap, p.W, p.N, p.K, 1, kTileN);
+  if (e != cudaSuccess) return e;
+  gemm_kernel<TO><<<grid, kThreads, kSmem, stream>>>(amap, wmap, p);
   return cudaGetLastError();
 }
 

@@ -3,8 +3,9 @@
 //   skinny: M <= 16 tokens (decode): bandwidth-bound, W streamed once, K split across warps;
 //   tiled:  M > 16: 128 weight rows x 64 tokens per block, activations staged in shared memory,
 //           K optionally split across blocks (float32 atomics into a workspace, then a cast pass);
-//   wgmma:  Hopper, 64..256 tokens: 128 weight rows x 128 tokens per block on warpgroup MMAs,
-//           K split across blocks as the tiled kernel does where the row tiles are few.
+//   wgmma:  Hopper, 64..1024 tokens: 128 weight rows x 128 or 256 tokens per block on warpgroup
+//           MMAs, activations by TMA, K split across blocks as the tiled kernel does where the
+//           row tiles are few.
 // All dequantize W in registers straight into tensor-core (mma.sync / wgmma) A fragments and
 // decode double-quantized absmax inline. Torch-free; no CUDA device types in this header.
 #pragma once
@@ -27,6 +28,7 @@ struct Linear4bitArgs {
   int64_t blocksize = 64;
   int quant_type = 0;          // 0 = NF4, 1 = FP4
   DType dtype = DType::BF16;   // F16 or BF16
+  int wgmma_tile_tokens = 0;   // wgmma kernel: 128 or 256 tokens per block; 0 = by M
 };
 
 // Whether the fused kernels accept these arguments: 16-bit dtype, K % 32 == 0, N and K below 2^30,

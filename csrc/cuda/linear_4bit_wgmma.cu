@@ -1,25 +1,30 @@
 // Fused 4-bit linear for many tokens on Hopper (sm_90a): out = A @ dequant(W)^T + bias with
 // warpgroup MMAs (wgmma), the weight dequantized in registers.
 //
-// Operands as in linear_4bit_mma.cuh, swapped: wgmma's A (64 x 16, from registers) holds 64 weight
-// rows, its B (16 x 128, from shared memory) 128 tokens, and the accumulators out^T. The A
-// registers of one warp of a warpgroup have mma.sync's m16n8k16 layout, so the byte-table
-// dequantization and the k permutation of linear_4bit_mma.cuh carry over unchanged: each lane reads
-// one 16-byte group (32 columns) per row per 128-column chunk.
+// Operands swapped as in linear_4bit_mma.cuh: wgmma's A (64 x 16, from registers) holds 64 weight
+// rows, its B (16 x TOK, from shared memory) TOK tokens, and the accumulators out^T.
 //
-// Block: 2 warpgroups (8 warps), 128 weight rows x 128 tokens; warpgroup h owns rows [64h, 64h+64).
-// Per 128-column chunk of K:
-//   - B: the 128 x 128 activation tile goes to shared memory in wgmma's K-major, unswizzled
-//     layout: for k-step j (16 slots) and token group n8, two 8 x 16-byte core matrices (slots
-//     0..7 and 8..15) at j * kStepBytes + n8 * 256 + {0, 128}; within one, token n % 8 at
-//     16-byte row n % 8. Slots hold the permuted columns, so each 16-byte global load (8 real
-//     columns of one token) is stored as four 4-byte pairs (load_b / store_b), one chunk ahead.
-//   - A: every warp dequantizes its 16 rows' 8 k-steps (32 registers) while the previous chunk's
-//     wgmmas run; two register sets alternate.
-// Two B stages: chunk c+1's tile is written while chunk c's wgmmas read the other one. Blocks are
-// ordered token tile fastest, so blocks sharing weight rows run together and meet them in L2.
-// Measured limits and what was tried: benchmarks/RESULTS.md (session 3).
+// Block: 2 warpgroups (8 warps), 128 weight rows x TOK tokens (TOK = 128 or 256); warpgroup h owns
+// rows [64h, 64h+64), warp w of it rows 16w..16w+15. Per 64-column chunk of K a stage holds
+//   - the activations, TOK rows x 128 bytes in wgmma's K-major 128-byte swizzle, copied by one
+//     TMA (thread 0) and counted on the stage's mbarrier; zeros past M and K;
+//   - the packed weights, 128 rows x 32 bytes by cp.async (all threads), rows padded to 48 bytes
+//     so that a warp's reads of its 8 rows hit distinct banks.
+// In natural column order the A registers of lane (g, t) at k step j are the column pairs
+// 16j + 2t and 16j + 8 + 2t of rows g and g+8: byte t of 32-bit words 2j and 2j+1 of the row's
+// 32 bytes. Each lane reads the row's 32 bytes (the quad's four lanes read the same ones: a
+// broadcast) and picks byte t with one rotate before the byte-table read of linear_4bit_mma.cuh.
+// A chunk spans two 32-column groups, each inside one quantization block; their decoded
+// (double-quantized) scales are computed once per block into shared memory, two chunks ahead.
+//
+// Pipeline, one barrier per chunk: chunk c's wgmmas run while every warp dequantizes chunk c+1
+// into its other register set; activations are loaded kStages-1 chunks ahead, the weights one
+// more (they are dequantized a chunk before they are multiplied). The output tile leaves through
+// shared memory in whole 16-byte pieces of output rows. Blocks are ordered token tile fastest, so
+// blocks sharing weight rows run together and meet them in L2.
+// Measurements and what was tried: benchmarks/RESULTS.md (sessions 3 and 7).
 #include "cuda/linear_4bit_mma.cuh"
+#include "cuda/tensor_map.cuh"
 #include "cuda/wgmma.cuh"
 
 namespace kbit::cuda {
@@ -27,47 +32,70 @@ namespace kbit::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kRows = 128;     // weight rows per block
-constexpr int kToks = 128;     // tokens per block (wgmma N)
-constexpr int kChunk = 128;    // columns of K per stage
-constexpr int kStepBytes = kToks / 8 * 256 + 16;  // one k16 step of B (16 bytes of padding)
-constexpr int kStageBytes = 8 * kStepBytes;  // 32 KB
-constexpr int kStages = 2;
-constexpr int kSmem = mma::kLutBytes + kStages * kStageBytes + 256 * 4 + 128;
+constexpr int kRows = 128;   // weight rows per block
+constexpr int kChunk = 64;   // columns of K per stage: one 128-byte swizzle panel, 4 k16 steps
+constexpr int kWRow = 48;    // bytes of a staged weight row: 32, padded
+constexpr int kWStage = kRows * kWRow;
+constexpr int kScaleSlot = kRows * 2 * 4;  // per row two 32-column groups, one T2 register each
+constexpr int kOutRow = kRows + 8;  // elements per token of the staged output tile (padded by 16 bytes)
+
+template <int TOK>
+struct Tile {
+  static constexpr int kActStage = TOK * 128;  // TOK rows x 128 bytes
+  static constexpr int kStages = TOK == 128 ? 8 : 5;
+  static constexpr int kLutAt = kStages * kActStage;  // offsets from the 1024-aligned base
+  static constexpr int kWAt = kLutAt + mma::kLutBytes;
+  static constexpr int kScaleAt = kWAt + kStages * kWStage;
+  static constexpr int kCodeAt = kScaleAt + 2 * kScaleSlot;
+  static constexpr int kBarAt = kCodeAt + 256 * 4;  // one mbarrier per activation stage
+  static constexpr int kSmem = 1024 + kBarAt + kStages * 8;
+};
+static_assert(Tile<128>::kSmem <= 227 * 1024 && Tile<256>::kSmem <= 227 * 1024, "shared memory");
+static_assert(Tile<128>::kLutAt >= 128 * kOutRow * 2 && Tile<256>::kLutAt >= 256 * kOutRow * 2,
+              "the output tile fits in the activation stages");
 
 #ifdef KBIT_SM90A_DEVICE
 
-struct WChunk {
-  uint4 w[2];
-  mma::RawScale s[2];
-};
+// One m64nNk16 warpgroup MMA (N = 2 * ACC), A from registers, B from shared memory, D += A B.
+template <typename T, int ACC>
+__device__ __forceinline__ void wgmma_rs(float (&d)[ACC], const uint32_t (&a)[4], uint64_t desc);
 
-template <typename T>
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], const uint32_t (&a)[4], uint64_t desc);
-
-// One m64n128k16 warpgroup MMA, A from registers, B from shared memory (descriptor), D += A B.
-// PTX names the 16-bit type; the rest is the same for bf16 and fp16.
 #define KBIT_ACC8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), \
                      "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
-#define KBIT_WGMMA_M64N128K16(T, PTX_TYPE)                                                             \
+#define KBIT_ACC64 KBIT_ACC8(0), KBIT_ACC8(8), KBIT_ACC8(16), KBIT_ACC8(24), KBIT_ACC8(32), KBIT_ACC8(40), \
+                   KBIT_ACC8(48), KBIT_ACC8(56)
+#define KBIT_ACC128 KBIT_ACC64, KBIT_ACC8(64), KBIT_ACC8(72), KBIT_ACC8(80), KBIT_ACC8(88), KBIT_ACC8(96), \
+                    KBIT_ACC8(104), KBIT_ACC8(112), KBIT_ACC8(120)
+#define KBIT_REGS64                                                                                      \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "     \
+  "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "     \
+  "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "     \
+  "%59, %60, %61, %62, %63"
+#define KBIT_REGS128                                                                                     \
+  KBIT_REGS64 ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, "                \
+  "%78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, "     \
+  "%97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, "       \
+  "%113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+// PTX names the 16-bit type; the rest is the same for bf16 and fp16.
+#define KBIT_WGMMA_RS(T, PTX_TYPE, ACC, N, REGS, IA, IB, IC, ID, IDESC, IP, ACCS)                      \
   template <>                                                                                          \
-  __device__ __forceinline__ void wgmma_m64n128k16<T>(float (&d)[64], const uint32_t(&a)[4],          \
-                                                      uint64_t desc) {                                 \
-    asm volatile(                                                                                      \
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                                  \
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE " {"                      \
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "  \
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "  \
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "  \
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"  \
-        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                              \
-        : KBIT_ACC8(0), KBIT_ACC8(8), KBIT_ACC8(16), KBIT_ACC8(24), KBIT_ACC8(32), KBIT_ACC8(40),      \
-          KBIT_ACC8(48), KBIT_ACC8(56)                                                                 \
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                              \
+  __device__ __forceinline__ void wgmma_rs<T, ACC>(float (&d)[ACC], const uint32_t(&a)[4], uint64_t desc) { \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " IP ", 0;\n"                                      \
+                 "wgmma.mma_async.sync.aligned.m64n" N "k16.f32." PTX_TYPE "." PTX_TYPE " {" REGS      \
+                 "}, {" IA ", " IB ", " IC ", " ID "}, " IDESC ", p, 1, 1, 0;\n}\n"                   \
+                 : ACCS                                                                                \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                   \
   }
-KBIT_WGMMA_M64N128K16(__nv_bfloat16, "bf16")
-KBIT_WGMMA_M64N128K16(__half, "f16")
-#undef KBIT_WGMMA_M64N128K16
+KBIT_WGMMA_RS(__nv_bfloat16, "bf16", 64, "128", KBIT_REGS64, "%64", "%65", "%66", "%67", "%68", "%69", KBIT_ACC64)
+KBIT_WGMMA_RS(__half, "f16", 64, "128", KBIT_REGS64, "%64", "%65", "%66", "%67", "%68", "%69", KBIT_ACC64)
+KBIT_WGMMA_RS(__nv_bfloat16, "bf16", 128, "256", KBIT_REGS128, "%128", "%129", "%130", "%131", "%132", "%133",
+              KBIT_ACC128)
+KBIT_WGMMA_RS(__half, "f16", 128, "256", KBIT_REGS128, "%128", "%129", "%130", "%131", "%132", "%133", KBIT_ACC128)
+#undef KBIT_WGMMA_RS
+#undef KBIT_REGS128
+#undef KBIT_REGS64
+#undef KBIT_ACC128
+#undef KBIT_ACC64
 #undef KBIT_ACC8
 
 // Keeps a register live (and unmoved) up to this point: the A registers of in-flight wgmmas must
@@ -75,204 +103,243 @@ KBIT_WGMMA_M64N128K16(__half, "f16")
 __device__ __forceinline__ void keep(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
 __device__ __forceinline__ void keep(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 
-// Shared-memory descriptor of a K-major, unswizzled operand: core matrices adjacent in K are 128
-// bytes apart (leading offset), adjacent 8-token groups 256 bytes (stride offset).
-__device__ __forceinline__ uint64_t b_desc(uint32_t addr) {
-  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(128 >> 4) << 16) | (uint64_t(256 >> 4) << 32);
+__device__ __forceinline__ uint4 lds128(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(addr)
+               : "memory");
+  return v;
 }
 
-// 16 bytes from global memory where `ok`, else zeros: a predicated load, no branch.
-__device__ __forceinline__ uint4 ld_if(const void* p, bool ok) {
-  uint4 r = make_uint4(0, 0, 0, 0);
-  asm("{\n.reg .pred q;\nsetp.ne.b32 q, %4, 0;\n@q ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%5];\n}"
-      : "+r"(r.x), "+r"(r.y), "+r"(r.z), "+r"(r.w)
-      : "r"(int(ok)), "l"(p));
-  return r;
+__device__ __forceinline__ bool aligned16_dev(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-// What a lane needs to find its pieces of every chunk, computed once (per-chunk work is then a
-// few adds: the kernel is otherwise short of issue slots).
-template <typename T>
-struct LaneMap {
-  int64_t w_elem[2];  // flat weight index of (row g / g+8, column k0 + 32t); -1 past N
-  int64_t kcols;      // columns of the block's K range [k0, k0 + kcols)
-  int w_col;          // 32t
-  const T* b_ptr;     // activations: token tok0 + 2 warp + lane / 16, column k0 + 8 (lane % 16)
-  int64_t b_step;     // 16 tokens
-  int b_valid;        // passes i with a token below M
-  int b_col;          // 8 (lane % 16)
-  uint32_t b_sts;     // lane part of store_b's shared offset
+// What a thread needs to issue its copies and find its pieces, computed once.
+template <int TOK>
+struct Lane {
+  // Weight copy: piece wp (bytes 16wp.., columns 32wp..) of block row wr.
+  const uint8_t* w_src;  // the row's bytes at column k0; null past N
+  const uint8_t* w_any;  // a valid address for the zero-filling copies
+  uint32_t w_dst;      // offset in a stage
+  int w_col;           // 32 wp
+  // Scale computed by this thread: block row sr, group sg (columns 32sg..32sg+31 of a chunk).
+  int64_t s_elem;      // flat weight index of the group's first column at k0; -1 past N
+  uint32_t s_dst;      // offset in a slot
+  int s_col;           // 32 sg
 };
 
-// Chunk c of this block's K range (kcols columns from the range's start, which w_elem includes).
-template <bool DQ>
-__device__ __forceinline__ void load_w(WChunk& ch, const Linear4bitArgs& a, int bs_log2, const int64_t (&w_elem)[2],
-                                       int w_col, int64_t kcols, int64_t c, bool valid) {
-  const bool kok = valid && c * kChunk + w_col < kcols;
+template <int TOK>
+__device__ __forceinline__ void copy_w(uint32_t stage, const Lane<TOK>& l, int64_t kcols, int64_t c) {
+  const bool ok = c * kChunk + l.w_col < kcols && l.w_src != nullptr;
+  wgmma::cp_async16(stage + l.w_dst, ok ? l.w_src + c * (kChunk / 2) : l.w_any, ok ? 16 : 0);
+}
+
+// Raw scale of this thread's group in chunk c (zero past N and K).
+template <bool DQ, int TOK>
+__device__ __forceinline__ void load_scale(mma::RawScale& s, bool& ok, const Linear4bitArgs& a, int bs_log2,
+                                           const Lane<TOK>& l, int64_t kcols, int64_t c) {
+  ok = l.s_elem >= 0 && c * kChunk + l.s_col < kcols;
+  s = mma::load_scale<DQ>(a.scales, (l.s_elem + c * kChunk) >> bs_log2, ok);
+}
+
+template <typename T, bool DQ, int TOK>
+__device__ __forceinline__ void store_scale(uint32_t* slot, const mma::RawScale& s, bool ok, const Lane<TOK>& l,
+                                            const float* code8, float offset) {
+  const float f = ok ? mma::decode_scale<DQ>(s, code8, offset) : 0.0f;
+  slot[l.s_dst >> 2] = pack2<T>(f, f);
+}
+
+__device__ __forceinline__ uint2 lds64(uint32_t addr) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(addr) : "memory");
+  return v;
+}
+
+// The A registers of one chunk for rows g (r = 0) and g+8 (r = 1) of this warp's 16.
+template <typename T>
+__device__ __forceinline__ void dequant(uint32_t (&af)[4][4], uint32_t wrow, uint32_t srow, const char* lut,
+                                        uint32_t lane4, uint32_t rot) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const bool ok = kok && w_elem[r] >= 0;
-    const int64_t e = w_elem[r] + c * kChunk;
-    ch.w[r] = ld_if(a.W + (ok ? e / 2 : 0), ok);
-    ch.s[r] = mma::load_scale<DQ>(a.scales, e >> bs_log2, ok);
+    const uint2 sc = lds64(srow + r * 8 * 8);
+    const uint4 w[2] = {lds128(wrow + r * 8 * kWRow), lds128(wrow + r * 8 * kWRow + 16)};
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {  // word m: step m / 2, columns 8 (m % 2) + 2t of it; group m / 4
+      const uint32_t x = word_of(w[m / 4], m % 4);
+      const uint32_t off = (__funnelshift_r(x, x, rot) & 0x7f80u) | lane4;
+      const uint32_t v = *reinterpret_cast<const uint32_t*>(lut + off);
+      af[m / 2][r + 2 * (m % 2)] = mma::hmul2<T>(v, m / 4 ? sc.y : sc.x);
+    }
   }
 }
 
-template <typename T, bool DQ>
-__device__ __forceinline__ void dequant(uint32_t (&af)[8][4], const WChunk& ch, const char* lut, uint32_t lane4,
-                                        const float* code8, float offset) {
-  const float f0 = mma::decode_scale<DQ>(ch.s[0], code8, offset);
-  const float f1 = mma::decode_scale<DQ>(ch.s[1], code8, offset);
-  const uint32_t s0 = pack2<T>(f0, f0), s1 = pack2<T>(f1, f1);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) mma::a_frag<T>(af[j], j, lut, lane4, ch.w[0], ch.w[1], s0, s1);
-}
-
-// The activation tile of one chunk (128 tokens x 128 columns) passes through registers on its
-// way to shared memory: load_b reads it (zeros past M and K), store_b writes it into a stage in
-// wgmma's layout. Pass i of a warp reads two tokens' 256 contiguous bytes (16 lanes each, column
-// group p = lane % 16) and stores each 16-byte group as four 4-byte pairs: columns 8p..8p+7 came
-// from lane-of-origin p / 4 and fill steps 2 (p % 4) and 2 (p % 4) + 1, halves 0 and 1. With steps
-// kStepBytes apart (16 bytes of padding each), a warp's 32 stores hit 32 distinct banks.
-template <typename T>
-__device__ __forceinline__ void load_b(uint4 (&v)[8], const LaneMap<T>& m, int64_t kcols, int64_t c, bool valid) {
-  const bool kok = valid && c * kChunk + m.b_col < kcols;
-  const T* p = m.b_ptr + c * kChunk;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    v[i] = ld_if(p, kok && i < m.b_valid);
-    p += m.b_step;
-  }
-}
-
-__device__ __forceinline__ void store_b(uint32_t dst, const uint4 (&v)[8], uint32_t lane_part) {
-  const uint32_t base = dst + lane_part;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {  // token n + 16 i: two token groups (512 bytes) further
-    const uint32_t at = base + i * 512;
-    asm volatile("st.shared.u32 [%0], %1;" ::"r"(at), "r"(v[i].x));
-    asm volatile("st.shared.u32 [%0], %1;" ::"r"(at + 128), "r"(v[i].y));
-    asm volatile("st.shared.u32 [%0], %1;" ::"r"(at + kStepBytes), "r"(v[i].z));
-    asm volatile("st.shared.u32 [%0], %1;" ::"r"(at + kStepBytes + 128), "r"(v[i].w));
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void issue(float (&acc)[64], uint32_t (&af)[8][4], uint32_t stage) {
+template <typename T, int ACC>
+__device__ __forceinline__ void issue(float (&acc)[ACC], uint32_t (&af)[4][4], uint32_t stage) {
   wgmma::fence();
 #pragma unroll
-  for (int j = 0; j < 8; ++j) wgmma_m64n128k16<T>(acc, af[j], b_desc(stage + j * kStepBytes));
+  for (int j = 0; j < 4; ++j) wgmma_rs<T, ACC>(acc, af[j], wgmma::desc_sw128(stage + j * 32));
   wgmma::commit();
 }
 
-template <typename T>
-__device__ __forceinline__ void retire(float (&acc)[64], uint32_t (&af)[8][4]) {
+template <int ACC>
+__device__ __forceinline__ void retire(float (&acc)[ACC], uint32_t (&af)[4][4]) {
   wgmma::wait<0>();
 #pragma unroll
-  for (int j = 0; j < 8; ++j)
+  for (int j = 0; j < 4; ++j)
 #pragma unroll
     for (int i = 0; i < 4; ++i) keep(af[j][i]);
 #pragma unroll
-  for (int i = 0; i < 64; ++i) keep(acc[i]);
-}
-
-// One chunk: wgmmas on `cur` (already dequantized) and stage c % 2; meanwhile store chunk c+1's
-// activations (loaded one chunk ago) into the other stage and load chunk c+2's, dequantize chunk
-// c+1 into `nxt` and fetch chunk c+2's weights. Global loads thus have a whole chunk to land.
-template <typename T, bool DQ>
-__device__ __forceinline__ void chunk(int64_t c, int64_t nchunks, float (&acc)[64], uint32_t (&cur)[8][4],
-                                      uint32_t (&nxt)[8][4], WChunk& wn, uint4 (&vb)[8], uint32_t act,
-                                      const Linear4bitArgs& a, int bs_log2, const LaneMap<T>& m, const char* lut,
-                                      uint32_t lane4, const float* code8, float offset) {
-  issue<T>(acc, cur, act + (c % 2) * kStageBytes);
-  if (c + 1 < nchunks) {
-    store_b(act + ((c + 1) % 2) * kStageBytes, vb, m.b_sts);
-    load_b<T>(vb, m, m.kcols, c + 2, c + 2 < nchunks);
-    dequant<T, DQ>(nxt, wn, lut, lane4, code8, offset);
-    load_w<DQ>(wn, a, bs_log2, m.w_elem, m.w_col, m.kcols, c + 2, c + 2 < nchunks);
-  }
-  wgmma::proxy_fence();
-  retire<T>(acc, cur);
-  __syncthreads();
+  for (int i = 0; i < ACC; ++i) keep(acc[i]);
 }
 
 #endif  // KBIT_SM90A_DEVICE
 
 // Block (token tile x, row tile y, K range z): chunks [z * per, (z + 1) * per) of K. With ws, the
 // partial sums are added to it (float32 atomics) and linear_4bit_finish_splits writes C.
-template <typename T, bool DQ>
-__global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, int bs_log2, int64_t per, float* ws) {
+template <typename T, bool DQ, int TOK>
+__global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(const __grid_constant__ CUtensorMap amap, Linear4bitArgs a, int bs_log2, int64_t per, float* ws) {
 #ifdef KBIT_SM90A_DEVICE
-  extern __shared__ uint4 smem_raw[];
-  char* lut = reinterpret_cast<char*>(smem_raw);
-  const uint32_t act = (static_cast<uint32_t>(__cvta_generic_to_shared(lut + mma::kLutBytes)) + 127u) & ~127u;
-  float* code8 = reinterpret_cast<float*>(lut + mma::kLutBytes + kStages * kStageBytes + 128);
+  using L = Tile<TOK>;
+  constexpr int S = L::kStages, ACC = TOK / 2;
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  const uint32_t raw = uint32_t(__cvta_generic_to_shared(smem_raw));
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  uint8_t* gen = smem_raw + (base - raw);  // generic pointer to `base`
+  char* lut = reinterpret_cast<char*>(gen + L::kLutAt);
+  uint32_t* scales = reinterpret_cast<uint32_t*>(gen + L::kScaleAt);
+  float* code8 = reinterpret_cast<float*>(gen + L::kCodeAt);
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const uint32_t lane4 = uint32_t(lane) << 2;
-  const int64_t tok0 = int64_t(blockIdx.x) * kToks;
-  const int64_t row0 = int64_t(blockIdx.y) * kRows + (warp / 4) * 64 + (warp % 4) * 16;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int64_t tok0 = int64_t(blockIdx.x) * TOK;
+  const int64_t rows0 = int64_t(blockIdx.y) * kRows;
   const int64_t k0 = int64_t(blockIdx.z) * per * kChunk;
-  const int64_t kend = min(a.K, k0 + per * kChunk);
-  const int64_t nchunks = ceil_div(kend - k0, kChunk);
+  const int64_t kcols = min(a.K, k0 + per * kChunk) - k0;
+  const int64_t nchunks = ceil_div(kcols, kChunk);
 
-  LaneMap<T> m;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t row = row0 + g + 8 * r;
-    m.w_elem[r] = row < a.N ? row * a.K + k0 + 32 * t : -1;
-  }
-  m.kcols = kend - k0;
-  m.w_col = 32 * t;
+  Lane<TOK> l;
   {
-    const int n0 = 2 * warp + lane / 16, p = lane % 16;
-    m.b_col = 8 * p;
-    m.b_ptr = static_cast<const T*>(a.A) + (tok0 + n0) * a.K + k0 + m.b_col;
-    m.b_step = 16 * a.K;
-    const int64_t left = a.M - tok0 - n0;  // tokens from this lane's first one to M
-    m.b_valid = left <= 0 ? 0 : left >= 113 ? 8 : int((left + 15) / 16);
-    m.b_sts = (2 * (p % 4)) * kStepBytes + (n0 / 8) * 256 + (n0 % 8) * 16 + (p / 4) * 4;
+    const int wp = tid % 2, wr = tid / 2;
+    const int64_t row = rows0 + wr;
+    l.w_col = 32 * wp;
+    l.w_dst = wr * kWRow + 16 * wp;
+    l.w_any = a.W;
+    l.w_src = row < a.N ? a.W + (row * a.K + k0) / 2 + 16 * wp : nullptr;
+    l.s_col = 32 * wp;  // the scale of the same row and group as the weight copy
+    l.s_dst = (wr * 2 + wp) * 4;
+    l.s_elem = row < a.N ? row * a.K + k0 + l.s_col : -1;
+  }
+  const uint32_t act = base, wst = base + L::kWAt, sst = base + L::kScaleAt, bar = base + L::kBarAt;
+  // Thread 0 copies the activations of chunk c (TMA, TOK x 64 from (tok0, k0 + 64c); zeros past M
+  // and K) into stage c % S; mbarrier c % S counts its bytes.
+  auto load_act = [&](int64_t c) {
+    const int s = int(c % S);
+    wgmma::mbar_arrive_expect(bar + 8 * s, L::kActStage);
+    wgmma::tma_load_2d(act + s * L::kActStage, &amap, int32_t(k0 + c * kChunk), int32_t(tok0), bar + 8 * s);
+  };
+  if (tid == 0) {
+    for (int s = 0; s < S; ++s) wgmma::mbar_init(bar + 8 * s, 1);
+    wgmma::mbar_init_fence();
   }
 
-  WChunk wn;
-  load_w<DQ>(wn, a, bs_log2, m.w_elem, m.w_col, m.kcols, 0, true);
-  uint4 vb[8];
-  load_b<T>(vb, m, m.kcols, 0, true);
-  store_b(act, vb, m.b_sts);
-  load_b<T>(vb, m, m.kcols, 1, nchunks > 1);
-  mma::fill_lut<T>(smem_raw, a.quant_type);
+  // Weight copies (cp.async): group 0 holds chunks 0..S-1, groups 1..S-2 nothing; the loop's
+  // group c then carries chunk c+S, so waiting for group c finds chunk c+1.
+#pragma unroll
+  for (int w = 0; w < S; ++w)
+    if (w < nchunks) copy_w(wst + w * kWStage, l, kcols, w);
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) wgmma::cp_async_commit();
+  mma::fill_lut<T>(reinterpret_cast<uint4*>(lut), a.quant_type);
   if (DQ)
-    for (int i = threadIdx.x; i < 256; i += kThreads) code8[i] = a.scales.nested_code[i];
+    for (int i = tid; i < 256; i += kThreads) code8[i] = a.scales.nested_code[i];
   const float offset = DQ ? __ldg(a.scales.nested_offset) : 0.0f;
-  wgmma::proxy_fence();
+  __syncthreads();
+  if (tid == 0)
+    for (int64_t c = 0; c < S - 1 && c < nchunks; ++c) load_act(c);
+  mma::RawScale rs;
+  bool rok;
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    load_scale<DQ>(rs, rok, a, bs_log2, l, kcols, c);
+    store_scale<T, DQ>(scales + c * (kScaleSlot / 4), rs, rok, l, code8, offset);
+  }
+  load_scale<DQ>(rs, rok, a, bs_log2, l, kcols, 2);
+  wgmma::cp_async_wait<S - 2>();
   __syncthreads();
 
-  uint32_t a0[8][4], a1[8][4];
-  dequant<T, DQ>(a0, wn, lut, lane4, code8, offset);
-  load_w<DQ>(wn, a, bs_log2, m.w_elem, m.w_col, m.kcols, 1, nchunks > 1);
-  float acc[64];
+  const uint32_t lane4 = uint32_t(lane) << 2, rot = (8u * t + 25u) & 31u;
+  const int row_l = 64 * (warp / 4) + 16 * (warp % 4) + g;  // this lane's first row in the block
+  const uint32_t wrow = wst + row_l * kWRow, srow = sst + row_l * 8;
+  uint32_t a0[4][4], a1[4][4];
+  dequant<T>(a0, wrow, srow, lut, lane4, rot);
+  float acc[ACC];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
 
+  auto chunk = [&](int64_t c, uint32_t(&cur)[4][4], uint32_t(&nxt)[4][4]) {
+    // Chunk c+1's weights have landed for every thread, and every warp has retired chunk c-1's
+    // wgmmas, whose activation stage the next TMA overwrites.
+    wgmma::cp_async_wait<S - 2>();
+    __syncthreads();
+    if (tid == 0 && c + S - 1 < nchunks) load_act(c + S - 1);
+    wgmma::mbar_wait(bar + 8 * (c % S), uint32_t(c / S) & 1u);
+    issue<T>(acc, cur, act + (c % S) * L::kActStage);
+    if (c + S < nchunks) copy_w(wst + ((c + S) % S) * kWStage, l, kcols, c + S);
+    wgmma::cp_async_commit();
+    if (c + 2 < nchunks) {
+      store_scale<T, DQ>(scales + (c % 2) * (kScaleSlot / 4), rs, rok, l, code8, offset);
+      load_scale<DQ>(rs, rok, a, bs_log2, l, kcols, c + 3);
+    }
+    if (c + 1 < nchunks)
+      dequant<T>(nxt, wrow + ((c + 1) % S) * kWStage, srow + ((c + 1) % 2) * kScaleSlot, lut, lane4, rot);
+    retire(acc, cur);
+  };
   for (int64_t c = 0; c < nchunks; c += 2) {
-    chunk<T, DQ>(c, nchunks, acc, a0, a1, wn, vb, act, a, bs_log2, m, lut, lane4, code8, offset);
-    if (c + 1 < nchunks) chunk<T, DQ>(c + 1, nchunks, acc, a1, a0, wn, vb, act, a, bs_log2, m, lut, lane4, code8, offset);
+    chunk(c, a0, a1);
+    if (c + 1 < nchunks) chunk(c + 1, a1, a0);
   }
 
-  const T* bias = static_cast<const T*>(a.bias);
-  T* C = static_cast<T*>(a.C);
+  const int64_t row0 = rows0 + row_l;
+  if (ws) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) {
-    const int64_t row = row0 + g + 8 * ((i / 2) % 2);
-    const int64_t tok = tok0 + 8 * (i / 4) + 2 * t + (i % 2);
-    if (row < a.N && tok < a.M) {
-      if (ws) {
-        atomicAdd(ws + tok * a.N + row, acc[i]);
-      } else {
-        float v = acc[i];
-        if (bias) v += to_f32(bias[row]);
-        C[tok * a.N + row] = from_f32<T>(v);
-      }
+    for (int i = 0; i < ACC; ++i) {
+      const int64_t row = row0 + 8 * ((i / 2) % 2);
+      const int64_t tok = tok0 + 8 * (i / 4) + 2 * t + (i % 2);
+      if (row < a.N && tok < a.M) atomicAdd(ws + tok * a.N + row, acc[i]);
+    }
+    return;
+  }
+  // The output tile goes through shared memory (the activation stages, now idle) so that global
+  // stores are whole 16-byte pieces of output rows instead of scattered 2-byte values.
+  __syncthreads();
+  T* tile = reinterpret_cast<T*>(gen);
+  const T* bias = static_cast<const T*>(a.bias);
+  float b[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+    if (bias && row0 + 8 * h < a.N) b[h] = to_f32(bias[row0 + 8 * h]);
+#pragma unroll
+  for (int i = 0; i < ACC; ++i) {
+    const int tok = 8 * (i / 4) + 2 * t + (i % 2), h = (i / 2) % 2;
+    tile[tok * kOutRow + row_l + 8 * h] = from_f32<T>(acc[i] + b[h]);
+  }
+  __syncthreads();
+  T* C = static_cast<T*>(a.C);
+  const bool vec = a.N % 8 == 0 && aligned16_dev(a.C);
+  const int p = tid % 16;
+  const int64_t col = rows0 + 8 * p;
+  for (int tk = tid / 16; tk < TOK; tk += kThreads / 16) {
+    const int64_t tok = tok0 + tk;
+    if (tok >= a.M) break;
+    const T* src = tile + tk * kOutRow + 8 * p;
+    T* dst = C + tok * a.N + col;
+    if (vec && col + 8 <= a.N) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+      for (int e = 0; e < 8 && col + e < a.N; ++e) dst[e] = src[e];
     }
   }
 #elif defined(__CUDA_ARCH__)
@@ -282,16 +349,28 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Linear4bitArgs a, in
 #endif
 }
 
-template <typename T, bool DQ>
+// Tokens per block unless forced. H100 (benchmarks/RESULTS.md, session 7): 128 up to 128 tokens;
+// 256 above, except on small weights (4096 x 4096) up to 512 tokens, where 128 keeps more blocks.
+int tile_tokens(const Linear4bitArgs& a) {
+  if (a.wgmma_tile_tokens == 128 || a.wgmma_tile_tokens == 256) return a.wgmma_tile_tokens;
+  if (a.M <= 128) return 128;
+  return a.M > 512 || a.N * a.K >= (int64_t(1) << 25) ? 256 : 128;
+}
+
+template <typename T, bool DQ, int TOK>
 cudaError_t launch(const Linear4bitArgs& a, int splits, float* ws, cudaStream_t stream) {
   static bool smem_allowed[64] = {};
-  cudaError_t e = allow_dynamic_smem(wgmma_kernel<T, DQ>, kSmem, smem_allowed);
+  cudaError_t e = allow_dynamic_smem(wgmma_kernel<T, DQ, TOK>, Tile<TOK>::kSmem, smem_allowed);
+  if (e != cudaSuccess) return e;
+  CUtensorMap amap;
+  e = tensor_map_sw128(&amap, a.A, a.M, a.K, 2, TOK);
   if (e != cudaSuccess) return e;
   const int64_t nchunks = ceil_div(a.K, kChunk);
   const int64_t per = ceil_div(nchunks, splits < 1 ? 1 : splits);
   const int64_t used = ceil_div(nchunks, per);  // splits that get chunks
-  const dim3 grid(unsigned(ceil_div(a.M, kToks)), unsigned(ceil_div(a.N, kRows)), unsigned(used));
-  wgmma_kernel<T, DQ><<<grid, kThreads, kSmem, stream>>>(a, log2_exact(a.blocksize), per, splits > 1 ? ws : nullptr);
+  const dim3 grid(unsigned(ceil_div(a.M, TOK)), unsigned(ceil_div(a.N, kRows)), unsigned(used));
+  wgmma_kernel<T, DQ, TOK><<<grid, kThreads, Tile<TOK>::kSmem, stream>>>(amap, a, log2_exact(a.blocksize), per,
+                                                                         splits > 1 ? ws : nullptr);
   e = cudaGetLastError();
   if (e != cudaSuccess || splits <= 1) return e;
   return linear_4bit_finish_splits(a, ws, stream);
@@ -309,24 +388,33 @@ bool linear_4bit_wgmma_supported(const Linear4bitArgs& a) {
 }
 
 int linear_4bit_wgmma_splits(const Linear4bitArgs& a) {
-  // One block per SM (kSmem).
-  return split_k_ways(ceil_div(a.M, kToks) * ceil_div(a.N, kRows), sm_count(), ceil_div(a.K, kChunk));
+  // One block per SM (shared memory).
+  // One block per SM (shared memory).
+  return split_k_ways(ceil_div(a.M, tile_tokens(a)) * ceil_div(a.N, kRows), sm_count(), ceil_div(a.K, kChunk));
 }
 
 bool linear_4bit_wgmma_preferred(const Linear4bitArgs& a) {
-  // Measured on an H100 (benchmarks/RESULTS.md, session 4): from 64 to 256 tokens it beats the
-  // tiled kernel and dequantize + cuBLAS on every Llama shape (narrow layers through split-K),
-  // except on small weights at 64 tokens (4096 x 4096: tiled 0.025 ms, wgmma 0.027); at 1024
-  // tokens and more it loses to dequantize + cuBLAS.
-  return a.M >= 64 && a.M <= 256 && (a.M > 64 || a.N * a.K >= (int64_t(1) << 25)) &&
-         linear_4bit_wgmma_supported(a);
+  // Measured on an H100 (benchmarks/RESULTS.md, session 7) against the tiled kernel and
+  // dequantize + cuBLAS: from 64 tokens (128 on small weights, where the tiled kernel ties) to 512
+  // it wins on every Llama shape; at 1024 it wins by 4-10% where its last wave of blocks is nearly
+  // full and loses by 9% where a quarter of that wave is idle (14336 x 4096); from 2048 dequantize
+  // + cuBLAS wins.
+  if (a.M < 64 || a.M > 1024 || !linear_4bit_wgmma_supported(a)) return false;
+  if (a.M == 64) return a.N * a.K >= (int64_t(1) << 25);
+  if (a.M <= 768) return true;
+  const int64_t tiles = ceil_div(a.M, tile_tokens(a)) * ceil_div(a.N, kRows) * linear_4bit_wgmma_splits(a);
+  const int64_t slots = ceil_div(tiles, sm_count()) * sm_count();
+  return tiles * 10 >= slots * 9;
 }
 
 cudaError_t linear_4bit_wgmma(const Linear4bitArgs& a, int splits, float* workspace, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return cudaSuccess;
   if (!linear_4bit_wgmma_supported(a) || (splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
+  const bool wide = tile_tokens(a) == 256;
   return mma::with_types(a, [&](auto t, auto dq) {
-    return launch<decltype(t), decltype(dq)::value>(a, splits, workspace, stream);
+    using T = decltype(t);
+    constexpr bool DQ = decltype(dq)::value;
+    return wide ? launch<T, DQ, 256>(a, splits, workspace, stream) : launch<T, DQ, 128>(a, splits, workspace, stream);
   });
 }
 

@@ -1,13 +1,14 @@
 // CUDA registration of linear_4bit (schema in schemas.cpp): C = A @ dequant(W)^T + bias.
 // Picks the kernel by the number of tokens M (rows of A flattened to 2-D):
 //   M <= 16           fused skinny kernel (decode GEMV on tensor cores)
-//   64 <= M <= 256    on Hopper (sm_90a build, compute capability 9.0): the fused wgmma kernel, K
+//   64 <= M <= 1024   on Hopper (sm_90a build, compute capability 9.0): the fused wgmma kernel, K
 //                     split across blocks on narrow layers (cuda::linear_4bit_wgmma_preferred
-//                     leaves 64 tokens on small weights to the tiled kernel)
+//                     leaves 64 tokens on small weights to the tiled kernel, and 769..1024 tokens
+//                     to dequantize + cuBLAS where its last wave of blocks would be mostly idle)
 //   16 < M <= 128     otherwise: fused tiled kernel (KBIT_LINEAR4_TILED_MAX moves the limit)
 //   larger, or shapes the fused kernels do not take (K % 32 != 0, unaligned, float32 A):
 //                     dequantize W into an (N, K) buffer of A's dtype, then cuBLAS (at::addmm).
-// KBIT_LINEAR4_PATH=skinny|tiled|wgmma|dequant forces a path where it applies (benchmarks, tests);
+// KBIT_LINEAR4_PATH=skinny|tiled|wgmma|dequant forces a path where it applies (benchmarks, tests).
 // On H100 (benchmarks/RESULTS.md) the tiled kernel beats dequantize + cuBLAS up to ~128 tokens.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
@@ -29,6 +30,12 @@ enum class Path { Auto, Skinny, Tiled, Wgmma, Dequant };
 
 Path forced_path() {
   return Path(forced_choice("KBIT_LINEAR4_PATH", {"skinny", "tiled", "wgmma", "dequant"}));  // 0 = Auto
+}
+
+// KBIT_LINEAR4_WGMMA_TILE=128|256 forces the wgmma kernel's tokens per block (benchmarks, tests).
+int wgmma_tile() {
+  const int choice = forced_choice("KBIT_LINEAR4_WGMMA_TILE", {"128", "256"});
+  return choice == 0 ? 0 : 64 << choice;
 }
 
 int64_t tiled_max() {
@@ -138,6 +145,7 @@ at::Tensor linear_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const
   args.blocksize = blocksize;
   args.quant_type = int(qt);
   args.dtype = cuda_dtype(A.scalar_type());
+  args.wgmma_tile_tokens = wgmma_tile();
 
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const Path forced = forced_path();
