@@ -396,11 +396,14 @@ int linear_4bit_wgmma_splits(const Linear4bitArgs& a) {
 bool linear_4bit_wgmma_preferred(const Linear4bitArgs& a) {
   // Measured on an H100 (benchmarks/RESULTS.md, session 7) against the tiled kernel and
   // dequantize + cuBLAS: from 64 tokens (128 on small weights, where the tiled kernel ties) to 512
-  // it wins on every Llama shape; at 1024 it wins by 4-10% where its last wave of blocks is nearly
-  // full and loses by 9% where a quarter of that wave is idle (14336 x 4096); from 2048 dequantize
-  // + cuBLAS wins.
+  // it wins on the Llama shapes of 4096 x 4096 and up; at 1024 it wins by 4-10% where its last
+  // wave of blocks is nearly full and loses by 9% where a quarter of that wave is idle (14336 x
+  // 4096); from 2048 dequantize + cuBLAS wins. Past 128 tokens a small weight (1024 x 4096, 8 MB
+  // once dequantized) costs so little to dequantize that cuBLAS wins from 256 tokens on.
   if (a.M < 64 || a.M > 1024 || !linear_4bit_wgmma_supported(a)) return false;
   if (a.M == 64) return a.N * a.K >= (int64_t(1) << 25);
+  if (a.M <= 128) return true;
+  if (a.N * a.K < (int64_t(1) << 24)) return false;
   if (a.M <= 768) return true;
   const int64_t tiles = ceil_div(a.M, tile_tokens(a)) * ceil_div(a.N, kRows) * linear_4bit_wgmma_splits(a);
   const int64_t slots = ceil_div(tiles, sm_count()) * sm_count();

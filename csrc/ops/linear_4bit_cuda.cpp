@@ -3,8 +3,9 @@
 //   M <= 16           fused skinny kernel (decode GEMV on tensor cores)
 //   64 <= M <= 1024   on Hopper (sm_90a build, compute capability 9.0): the fused wgmma kernel, K
 //                     split across blocks on narrow layers (cuda::linear_4bit_wgmma_preferred
-//                     leaves 64 tokens on small weights to the tiled kernel, and 769..1024 tokens
-//                     to dequantize + cuBLAS where its last wave of blocks would be mostly idle)
+//                     leaves 64 tokens on small weights to the tiled kernel, more than 128 tokens
+//                     on weights under 2^24 elements, and 769..1024 tokens where its last wave of
+//                     blocks would be mostly idle, to dequantize + cuBLAS)
 //   16 < M <= 128     otherwise: fused tiled kernel (KBIT_LINEAR4_TILED_MAX moves the limit)
 //   larger, or shapes the fused kernels do not take (K % 32 != 0, unaligned, float32 A):
 //                     dequantize W into an (N, K) buffer of A's dtype, then cuBLAS (at::addmm).
