@@ -117,7 +117,7 @@ inline int log2_exact(int64_t v) {
   return l;
 }
 
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+__host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Multiprocessor count of the current device (cached per device).
 int sm_count();

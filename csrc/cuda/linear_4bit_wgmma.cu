@@ -112,8 +112,6 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
   return v;
 }
 
-__device__ __forceinline__ bool aligned16_dev(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
@@ -328,7 +326,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(const __grid_constan
   }
   __syncthreads();
   T* C = static_cast<T*>(a.C);
-  const bool vec = a.N % 8 == 0 && aligned16_dev(a.C);
+  const bool vec = a.N % 8 == 0 && aligned16(a.C);
   const int p = tid % 16;
   const int64_t col = rows0 + 8 * p;
   for (int tk = tid / 16; tk < TOK; tk += kThreads / 16) {
