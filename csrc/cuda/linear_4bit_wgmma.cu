@@ -17,9 +17,10 @@
 // A chunk spans two 32-column groups, each inside one quantization block; their decoded
 // (double-quantized) scales are computed once per block into shared memory, two chunks ahead.
 //
-// Pipeline, one barrier per chunk: chunk c's wgmmas run while every warp dequantizes chunk c+1
-// into its other register set; activations are loaded kStages-1 chunks ahead, the weights one
-// more (they are dequantized a chunk before they are multiplied). The output tile leaves through
+// Pipeline, one barrier per chunk: chunk c's wgmmas are issued behind chunk c-1's (the tensor
+// pipe does not drain at a chunk boundary), then every warp waits for chunk c-1's and dequantizes
+// chunk c+1 into the register set those used; activations are loaded kStages-2 chunks ahead, the
+// weights kStages (they are dequantized a chunk before they are multiplied). The output tile leaves through
 // shared memory in whole 16-byte pieces of output rows. Blocks are ordered token tile fastest, so
 // blocks sharing weight rows run together and meet them in L2.
 // Measurements and what was tried: benchmarks/RESULTS.md (sessions 3 and 7).
@@ -183,6 +184,16 @@ __device__ __forceinline__ void issue(float (&acc)[ACC], uint32_t (&af)[4][4], u
   wgmma::commit();
 }
 
+// Waits until at most one wgmma group (the one just issued) runs; `af`, read by the group before
+// it, stays live (and unmoved) up to here.
+__device__ __forceinline__ void retire_all_but_one(uint32_t (&af)[4][4]) {
+  wgmma::wait<1>();
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) keep(af[j][i]);
+}
+
 template <int ACC>
 __device__ __forceinline__ void retire(float (&acc)[ACC], uint32_t (&af)[4][4]) {
   wgmma::wait<0>();
@@ -256,7 +267,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(const __grid_constan
   const float offset = DQ ? __ldg(a.scales.nested_offset) : 0.0f;
   __syncthreads();
   if (tid == 0)
-    for (int64_t c = 0; c < S - 1 && c < nchunks; ++c) load_act(c);
+    for (int64_t c = 0; c < S - 2 && c < nchunks; ++c) load_act(c);
   mma::RawScale rs;
   bool rok;
 #pragma unroll
@@ -277,14 +288,17 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(const __grid_constan
 #pragma unroll
   for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
 
+  // Chunk c's wgmmas are issued while chunk c-1's may still run (the tensor pipe never drains at
+  // a chunk boundary); then waiting for chunk c-1 frees its registers for chunk c+1.
   auto chunk = [&](int64_t c, uint32_t(&cur)[4][4], uint32_t(&nxt)[4][4]) {
-    // Chunk c+1's weights have landed for every thread, and every warp has retired chunk c-1's
+    // Chunk c+1's weights have landed for every thread, and every warp has retired chunk c-2's
     // wgmmas, whose activation stage the next TMA overwrites.
     wgmma::cp_async_wait<S - 2>();
     __syncthreads();
-    if (tid == 0 && c + S - 1 < nchunks) load_act(c + S - 1);
+    if (tid == 0 && c + S - 2 < nchunks) load_act(c + S - 2);
     wgmma::mbar_wait(bar + 8 * (c % S), uint32_t(c / S) & 1u);
     issue<T>(acc, cur, act + (c % S) * L::kActStage);
+    retire_all_but_one(nxt);  // chunk c-1, which read `nxt`
     if (c + S < nchunks) copy_w(wst + ((c + S) % S) * kWStage, l, kcols, c + S);
     wgmma::cp_async_commit();
     if (c + 2 < nchunks) {
@@ -293,12 +307,13 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(const __grid_constan
     }
     if (c + 1 < nchunks)
       dequant<T>(nxt, wrow + ((c + 1) % S) * kWStage, srow + ((c + 1) % 2) * kScaleSlot, lut, lane4, rot);
-    retire(acc, cur);
   };
   for (int64_t c = 0; c < nchunks; c += 2) {
     chunk(c, a0, a1);
     if (c + 1 < nchunks) chunk(c + 1, a1, a0);
   }
+  retire(acc, a0);
+  retire(acc, a1);
 
   const int64_t row0 = rows0 + row_l;
   if (ws) {
