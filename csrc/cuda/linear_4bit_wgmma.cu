@@ -20,9 +20,9 @@
 // Pipeline, one barrier per chunk: chunk c's wgmmas are issued behind chunk c-1's (the tensor
 // pipe does not drain at a chunk boundary), then every warp waits for chunk c-1's and dequantizes
 // chunk c+1 into the register set those used; activations are loaded kStages-2 chunks ahead, the
-// weights kStages (they are dequantized a chunk before they are multiplied). The output tile leaves through
-// shared memory in whole 16-byte pieces of output rows. Blocks are ordered token tile fastest, so
-// blocks sharing weight rows run together and meet them in L2.
+// weights kStages (they are dequantized a chunk before they are multiplied). The output tile
+// leaves through shared memory in whole 16-byte pieces of output rows. Blocks are ordered token
+// tile fastest, so blocks sharing weight rows run together and meet them in L2.
 // Measurements and what was tried: benchmarks/RESULTS.md (sessions 3 and 7).
 #include "cuda/linear_4bit_mma.cuh"
 #include "cuda/tensor_map.cuh"
@@ -118,35 +118,33 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 }
 
 // What a thread needs to issue its copies and find its pieces, computed once.
-template <int TOK>
 struct Lane {
   // Weight copy: piece wp (bytes 16wp.., columns 32wp..) of block row wr.
   const uint8_t* w_src;  // the row's bytes at column k0; null past N
   const uint8_t* w_any;  // a valid address for the zero-filling copies
   uint32_t w_dst;      // offset in a stage
   int w_col;           // 32 wp
-  // Scale computed by this thread: block row sr, group sg (columns 32sg..32sg+31 of a chunk).
+  // Scale computed by this thread: the same row and 32-column group as its weight copy.
   int64_t s_elem;      // flat weight index of the group's first column at k0; -1 past N
   uint32_t s_dst;      // offset in a slot
   int s_col;           // 32 sg
 };
 
-template <int TOK>
-__device__ __forceinline__ void copy_w(uint32_t stage, const Lane<TOK>& l, int64_t kcols, int64_t c) {
+__device__ __forceinline__ void copy_w(uint32_t stage, const Lane& l, int64_t kcols, int64_t c) {
   const bool ok = c * kChunk + l.w_col < kcols && l.w_src != nullptr;
   wgmma::cp_async16(stage + l.w_dst, ok ? l.w_src + c * (kChunk / 2) : l.w_any, ok ? 16 : 0);
 }
 
 // Raw scale of this thread's group in chunk c (zero past N and K).
-template <bool DQ, int TOK>
+template <bool DQ>
 __device__ __forceinline__ void load_scale(mma::RawScale& s, bool& ok, const Linear4bitArgs& a, int bs_log2,
-                                           const Lane<TOK>& l, int64_t kcols, int64_t c) {
+                                           const Lane& l, int64_t kcols, int64_t c) {
   ok = l.s_elem >= 0 && c * kChunk + l.s_col < kcols;
   s = mma::load_scale<DQ>(a.scales, (l.s_elem + c * kChunk) >> bs_log2, ok);
 }
 
-template <typename T, bool DQ, int TOK>
-__device__ __forceinline__ void store_scale(uint32_t* slot, const mma::RawScale& s, bool ok, const Lane<TOK>& l,
+template <typename T, bool DQ>
+__device__ __forceinline__ void store_scale(uint32_t* slot, const mma::RawScale& s, bool ok, const Lane& l,
                                             const float* code8, float offset) {
   const float f = ok ? mma::decode_scale<DQ>(s, code8, offset) : 0.0f;
   slot[l.s_dst >> 2] = pack2<T>(f, f);
@@ -229,7 +227,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(const __grid_constan
   const int64_t kcols = min(a.K, k0 + per * kChunk) - k0;
   const int64_t nchunks = ceil_div(kcols, kChunk);
 
-  Lane<TOK> l;
+  Lane l;
   {
     const int wp = tid % 2, wr = tid / 2;
     const int64_t row = rows0 + wr;
