@@ -20,9 +20,6 @@ template <int N>
 __device__ __forceinline__ void wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-// Shared memory written by ordinary (generic-proxy) stores or cp.async that wgmma (the async
-// proxy) reads next: each writing thread fences before the barrier.
-__device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // Descriptor of a K-major operand in the 128-byte swizzle (row r of a tile at r * 128, its
 // 16-byte piece p at position p ^ (r % 8), 8-row atoms 1024 bytes apart and 1024-byte aligned;
