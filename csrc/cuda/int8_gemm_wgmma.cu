@@ -39,7 +39,7 @@ constexpr int kStages = 4;
 constexpr int kBarAt = kStages * kStageBytes;         // one mbarrier per stage, after the stages
 constexpr int kSmem = kBarAt + kStages * 8 + 1024;    // + alignment of the swizzle atoms
 constexpr int kRound = 32;  // outlier columns staged per round of the epilogue
-static_assert(kRound * (kTileM + kTileN) * 4 <= kSmem, "outlier staging fits in the stages");
+static_assert(kRound * (kTileM + kTileN) * 4 <= kBarAt, "outlier staging fits in the stages");
 
 struct GemmParams {
   const int8_t* Aq;
@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const __grid_constant
   // the fragments' 8-row stores) so that global stores are whole 16-byte row pieces; straight from
   // the fragments, each 32-byte sector would be written in two halves.
   constexpr int kRowBytes = kTileN * int(sizeof(TO)) + 16;
-  static_assert(kTileM * kRowBytes <= kSmem - 1024, "output tile fits in the stages");
+  static_assert(kTileM * kRowBytes <= kBarAt, "output tile fits in the stages");
   __syncthreads();  // the stages and the outlier staging are no longer read
 #pragma unroll
   for (int i = 0; i < 32; ++i) {
