@@ -50,6 +50,22 @@ __device__ __forceinline__ void griddep_launch() {
 #endif
 }
 
+// Calls f(T{}) for the element type (float, __half or __nv_bfloat16) that an Int8Dtype code names:
+// the launchers' one type switch; cudaErrorInvalidValue for any other code.
+template <typename F>
+cudaError_t with_dtype(int code, F&& f) {
+  switch (code) {
+    case kI8F32:
+      return f(float{});
+    case kI8F16:
+      return f(__half{});
+    case kI8BF16:
+      return f(__nv_bfloat16{});
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
 // For i = threadIdx.x, + blockDim.x, ... < n: store(i, load(i)), with B loads in flight before the
 // first store. The outlier kernels stage scattered values (one column of A or W per element) into
 // shared memory; one at a time, each load waits a full memory latency.

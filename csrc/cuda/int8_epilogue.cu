@@ -144,20 +144,10 @@ cudaError_t int8_dequant_epilogue(const int32_t* C, const float* a_stats, const 
   if (gy > 65535 || gx > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const EpiParams p{C, a_stats, w_stats, bias, M, N, list, count, Wo, K, A, a_dtype, out};
   const dim3 grid{unsigned(gx), unsigned(gy)};
-  switch (out_dtype) {
-    case kI8F32:
-      epilogue_kernel<float><<<grid, kThreads, 0, stream>>>(p);
-      break;
-    case kI8F16:
-      epilogue_kernel<__half><<<grid, kThreads, 0, stream>>>(p);
-      break;
-    case kI8BF16:
-      epilogue_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(p);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return with_dtype(out_dtype, [&](auto t) {
+    epilogue_kernel<decltype(t)><<<grid, kThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace kbit::cuda

@@ -314,16 +314,7 @@ cudaError_t int8_gemm_wgmma(const int8_t* Aq, const float* a_stats, const int8_t
   const GemmParams p{Aq, a_stats, W, w_stats, bias, M, N, K, list, count, Wo, A, a_dtype, out, per,
                      splits > 1 ? workspace : nullptr};
   const int used = int(ceil_div(k_tiles(K), per));
-  switch (out_dtype) {
-    case kI8F32:
-      return launch<float>(p, used, stream);
-    case kI8F16:
-      return launch<__half>(p, used, stream);
-    case kI8BF16:
-      return launch<__nv_bfloat16>(p, used, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return with_dtype(out_dtype, [&](auto t) { return launch<decltype(t)>(p, used, stream); });
 }
 
 }  // namespace kbit::cuda

@@ -329,16 +329,7 @@ cudaError_t int8_linear_small(const int8_t* Aq, const float* a_stats, const int8
   const bool fast = compute_capability() >= 80 && K > 0 && K % 16 == 0 && aligned && (N + kTileN - 1) / kTileN <= 65535 &&
                     (M + 31) / 32 <= 0x7fffffff;
   const bool pdl = chained && pdl_allowed();
-  switch (out_dtype) {
-    case kI8F32:
-      return launch_typed<float>(p, fast, pdl, stream);
-    case kI8F16:
-      return launch_typed<__half>(p, fast, pdl, stream);
-    case kI8BF16:
-      return launch_typed<__nv_bfloat16>(p, fast, pdl, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return with_dtype(out_dtype, [&](auto t) { return launch_typed<decltype(t)>(p, fast, pdl, stream); });
 }
 
 }  // namespace kbit::cuda

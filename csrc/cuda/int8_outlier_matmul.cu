@@ -204,20 +204,10 @@ cudaError_t int8_outlier_matmul(const int32_t* list, const int32_t* count, const
   const int64_t tiles = ceil_div(N, kTileN) * ceil_div(M, kTileM);
   const OutlierParams p{list, count, A, W, w_stats, M, N, K, Ac, Wc, compact, out};
   const dim3 grid{unsigned(std::min<int64_t>(tiles, 2 * int64_t(sm_count())))};
-  switch (a_dtype) {
-    case kI8F32:
-      outlier_matmul_kernel<float><<<grid, kThreads, 0, stream>>>(p);
-      break;
-    case kI8F16:
-      outlier_matmul_kernel<__half><<<grid, kThreads, 0, stream>>>(p);
-      break;
-    case kI8BF16:
-      outlier_matmul_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(p);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return int8::with_dtype(a_dtype, [&](auto t) {
+    outlier_matmul_kernel<decltype(t)><<<grid, kThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace kbit::cuda

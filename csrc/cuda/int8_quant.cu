@@ -284,19 +284,10 @@ cudaError_t int8_row_quant(const void* A, int dtype, int64_t rows, int64_t cols,
     const cudaError_t e = cudaMemsetAsync(colmask, 0, size_t((cols + 31) / 32) * 4, stream);
     if (e != cudaSuccess) return e;
   }
-  switch (dtype) {
-    case kI8F32:
-      return launch_row_quant(static_cast<const float*>(A), rows, cols, thr, q, row_stats, colmask,
-                              mask_blocks, atomic_mask, stream);
-    case kI8F16:
-      return launch_row_quant(static_cast<const __half*>(A), rows, cols, thr, q, row_stats, colmask,
-                              mask_blocks, atomic_mask, stream);
-    case kI8BF16:
-      return launch_row_quant(static_cast<const __nv_bfloat16*>(A), rows, cols, thr, q, row_stats,
-                              colmask, mask_blocks, atomic_mask, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return with_dtype(dtype, [&](auto t) {
+    return launch_row_quant(static_cast<const decltype(t)*>(A), rows, cols, thr, q, row_stats, colmask, mask_blocks,
+                            atomic_mask, stream);
+  });
 }
 
 cudaError_t int8_outlier_prep(const OutlierPrep& p, cudaStream_t stream) {
