@@ -35,8 +35,14 @@ Path forced_path() {
 
 // KBIT_LINEAR4_WGMMA_TILE=128|256 forces the wgmma kernel's tokens per block (benchmarks, tests).
 int wgmma_tile() {
-  const int choice = forced_choice("KBIT_LINEAR4_WGMMA_TILE", {"128", "256"});
-  return choice == 0 ? 0 : 64 << choice;
+  switch (forced_choice("KBIT_LINEAR4_WGMMA_TILE", {"128", "256"})) {
+    case 1:
+      return 128;
+    case 2:
+      return 256;
+    default:
+      return 0;  // the kernel picks by token count
+  }
 }
 
 int64_t tiled_max() {
