@@ -130,12 +130,13 @@ def main():
 
 def add_variants(variants, timer, clean, layer, N, K, M, dtype, dense):
     A = torch.randn(M, K, device="cuda", dtype=dtype)
-    forced = [("skinny", {"KBIT_LINEAR4_PATH": "skinny"}), ("tiled", {"KBIT_LINEAR4_PATH": "tiled"}),
+    forced = [("decode", {"KBIT_LINEAR4_PATH": "decode"}), ("skinny", {"KBIT_LINEAR4_PATH": "skinny"}),
+              ("tiled", {"KBIT_LINEAR4_PATH": "tiled"}),
               ("wgmma 128", {"KBIT_LINEAR4_PATH": "wgmma", "KBIT_LINEAR4_WGMMA_TILE": "128"}),
               ("wgmma 256", {"KBIT_LINEAR4_PATH": "wgmma", "KBIT_LINEAR4_WGMMA_TILE": "256"}),
               ("dequant+cuBLAS", {"KBIT_LINEAR4_PATH": "dequant"})]
     for name, env in forced:
-        if name.startswith("skinny") and M > 16:
+        if (name == "skinny" and M > 16) or (name == "decode" and M > 1):
             continue
         os.environ.update(env)
         clean_ms = f"{clean(lambda: layer(A)):.4f}" if M == 1 else ""

@@ -3,8 +3,8 @@ plain-PyTorch reference of FORMAT.md written here, and bitsandbytes' own output 
 
 Quantization must give the same bytes everywhere; matmuls are compared with a float64 product of
 the float32-dequantized weight (the CUDA kernels round dequantized weights to the activation dtype,
-as bitsandbytes does, so the tolerance is that of 16-bit operands). Every linear path (skinny,
-tiled, wgmma on Hopper, dequantize + cuBLAS) is forced through KBIT_LINEAR4_PATH so each kernel is covered whatever
+as bitsandbytes does, so the tolerance is that of 16-bit operands). Every linear path (decode,
+skinny, tiled, wgmma on Hopper, dequantize + cuBLAS) is forced through KBIT_LINEAR4_PATH so each kernel is covered whatever
 the automatic choice is.
 """
 
@@ -188,8 +188,8 @@ def poison_allocator():
 
 @pytest.fixture
 def path_env(monkeypatch):
-    """Forces a linear_4bit kernel: auto, skinny, tiled, wgmma (tile by token count), wgmma128 and
-    wgmma256 (tokens per block forced), dequant."""
+    """Forces a linear_4bit kernel: auto, decode, skinny, tiled, wgmma (tile by token count),
+    wgmma128 and wgmma256 (tokens per block forced), dequant."""
 
     def set_path(path):
         monkeypatch.delenv("KBIT_LINEAR4_WGMMA_TILE", raising=False)
@@ -366,7 +366,7 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-5}
 
 @pytest.mark.parametrize("dq", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("path", ["auto", "skinny", "tiled", "wgmma", "wgmma128", "wgmma256", "dequant"])
+@pytest.mark.parametrize("path", ["auto", "decode", "skinny", "tiled", "wgmma", "wgmma128", "wgmma256", "dequant"])
 def test_linear_paths(path, dtype, dq, path_env):
     N, K = 272, 640  # N not a multiple of 128, K not of 128
     packed, state, b, W_ref = make_layer(N, K, dq=dq, dtype=dtype)
@@ -389,6 +389,8 @@ SHAPES = [  # (N, K, blocksize, quant_type)
     (64, 100, 64, "nf4"),  # K % 32 != 0: dequantize path only
     (33, 2048, 4096, "nf4"),
     (512, 8192, 256, "nf4"),  # few tiles: split-K across blocks
+    (1000, 1088, 64, "fp4"),  # one token: K % 256 == 64 (a last chunk of one lane's columns), N % 16 == 8
+    (8200, 512, 64, "nf4"),  # one token: more 16-row tiles than blocks, so blocks take several
 ]
 
 
@@ -437,6 +439,29 @@ def test_linear_bias_dtype_and_no_bias():
     assert linear_err(run_linear(A, packed, state, None, N, K), A, W_ref, None) < 1e-2
     b32 = torch.randn(N, device=DEV)  # a float32 bias is cast to A's dtype
     assert linear_err(run_linear(A, packed, state, b32, N, K), A, W_ref, b32.bfloat16()) < 1e-2
+
+
+def test_one_token_takes_the_decode_kernel(path_env):
+    """One token goes to the one-token kernel where it applies (blocksize >= 64, K % 64 == 0) and to
+    the skinny kernel elsewhere; the kernels run are read from the profiler."""
+    if os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING"):
+        pytest.skip("the profiler does not run under compute-sanitizer (this env is set for it)")
+    path_env("auto")
+
+    def kernels(N, K, blocksize):
+        packed, state, b, W_ref = make_layer(N, K, blocksize)
+        A = torch.randn(1, K, device=DEV, dtype=torch.bfloat16)
+        run_linear(A, packed, state, b, N, K, blocksize)  # first call: one-time setup outside the trace
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            out = run_linear(A, packed, state, b, N, K, blocksize)
+            torch.cuda.synchronize()
+        assert linear_err(out, A, W_ref, b) < 1e-2
+        return " ".join(e.name for e in prof.events())
+
+    assert "decode_kernel" in kernels(256, 1024, 64)
+    for N, K, blocksize in [(256, 1056, 64), (256, 1024, 32)]:  # K % 64 != 0; blocksize 32
+        names = kernels(N, K, blocksize)
+        assert "skinny_kernel" in names and "decode_kernel" not in names
 
 
 @pytest.mark.parametrize("M", [1, 5, 16])
@@ -559,10 +584,10 @@ def test_sanitize_sweep(path_env):
             ops.dequantize_4bit(p, a, bs, "nf4", [n], torch.bfloat16)
             q, a8 = ops.quantize_blockwise(A, code, bs)
             ops.dequantize_blockwise(q, a8, code, bs, torch.float32)
-    for N, K in [(17, 96), (130, 4128), (40, 100)]:
+    for N, K in [(17, 96), (130, 4128), (40, 100), (1000, 1088)]:
         for dq in [False, True]:
             packed, state, b, W_ref = make_layer(N, K, dq=dq)
-            for path in ["auto", "skinny", "tiled", "wgmma128", "wgmma256", "dequant"]:
+            for path in ["auto", "decode", "skinny", "tiled", "wgmma128", "wgmma256", "dequant"]:
                 path_env(path)
                 for M in [1, 9, 70, 200]:
                     if path == "skinny" and M > 16:

@@ -1,6 +1,8 @@
 // Launchers of the fused 4-bit linear kernels: C = A @ dequant(W)^T + bias with W (N, K) stored
-// as FORMAT.md packs it (row-major, element 2i in the high nibble). Three kernels:
-//   skinny: M <= 16 tokens (decode): bandwidth-bound, W streamed once, K split across warps;
+// as FORMAT.md packs it (row-major, element 2i in the high nibble). Four kernels:
+//   decode: M = 1 (blocksize >= 64, K % 64 == 0): bandwidth-bound, W streamed once, K split
+//           across warps, few instructions per weight;
+//   skinny: M <= 16 tokens: the same scheme for up to 16 tokens and any blocksize;
 //   tiled:  M > 16: 128 weight rows x 64 tokens per block, activations staged in shared memory,
 //           K optionally split across blocks (float32 atomics into a workspace, then a cast pass);
 //   wgmma:  Hopper, 64..1024 tokens: 128 weight rows x 128 or 256 tokens per block on warpgroup
@@ -35,6 +37,13 @@ struct Linear4bitArgs {
 // 16-byte aligned
 // A and W. Otherwise the caller dequantizes and uses a dense matmul.
 bool linear_4bit_fusable(const Linear4bitArgs& a);
+
+// Whether the one-token kernel takes these arguments: M == 1, fusable, blocksize >= 64,
+// K % 64 == 0 and N * K < 2^31.
+bool linear_4bit_decode_supported(const Linear4bitArgs& a);
+
+// One token where linear_4bit_decode_supported(); cudaErrorInvalidValue elsewhere.
+cudaError_t linear_4bit_decode(const Linear4bitArgs& a, cudaStream_t stream);
 
 // M <= 16.
 cudaError_t linear_4bit_skinny(const Linear4bitArgs& a, cudaStream_t stream);

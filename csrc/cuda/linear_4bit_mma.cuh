@@ -45,14 +45,45 @@ cudaError_t with_types(const Linear4bitArgs& a, F&& f) {
   return dq ? f(__half{}, std::true_type{}) : f(__half{}, std::false_type{});
 }
 
-// Fills the replicated byte table (kLutBytes of shared memory) for code `qt` in type T.
+// Fills the replicated byte table (kLutBytes of shared memory) for code `qt` in type T. Each
+// thread computes an entry once and stores its 32 copies (8 x 16 bytes); a thread's stores start
+// at different pieces, so that a quarter-warp's fall in different banks. (Computing the value per
+// store read the constant code table with 16 different addresses per warp every time, which
+// serializes; it took about a sixth of the one-token kernel's time.)
 template <typename T>
 __device__ __forceinline__ void fill_lut(uint4* lut, int qt) {
-  for (int i = threadIdx.x; i < kLutBytes / 16; i += blockDim.x) {
-    const int v = i >> 3;  // 8 uint4 = 32 lane copies per entry
+  for (int v = threadIdx.x; v < 256; v += blockDim.x) {
     const uint32_t w = pack2<T>(kCode4[qt][v >> 4], kCode4[qt][v & 15]);
-    lut[i] = make_uint4(w, w, w, w);
+    const uint4 w4 = make_uint4(w, w, w, w);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) lut[v * 8 + ((k + v) & 7)] = w4;
   }
+}
+
+// The byte table and, when the absmax is double-quantized, the 256-value nested code (code8) in
+// shared memory; returns the nested offset (0 without double quantization). The global loads are
+// issued before the table is built and used after, so that their latency overlaps the build
+// instead of stalling the block at its start (every caller has 256 threads: one or two code
+// values per thread).
+template <typename T, bool DQ>
+__device__ __forceinline__ float fill_tables(uint4* lut, float* code8, const Linear4bitArgs& a) {
+  const float offset = DQ ? __ldg(a.scales.nested_offset) : 0.0f;
+  float v[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (DQ && i < 256) v[k] = __ldg(a.scales.nested_code + i);
+  }
+  fill_lut<T>(lut, a.quant_type);
+  if constexpr (DQ) {
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < 256) code8[i] = v[k];
+    }
+    for (int i = threadIdx.x + 2 * blockDim.x; i < 256; i += blockDim.x) code8[i] = a.scales.nested_code[i];
+  }
+  return offset;
 }
 
 // The A register for byte p (0..3) of w: a table read at (byte << 7) | lane4. Callers unroll
@@ -68,6 +99,20 @@ __device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
   T2 r = __hmul2(*reinterpret_cast<T2*>(&a), *reinterpret_cast<T2*>(&b));
   return *reinterpret_cast<uint32_t*>(&r);
 }
+
+// Where a warp's item lies in the persistent decode kernels (skinny, decode): item `within` of tile
+// `tile` (the kernel maps it to a chunk of K). Advanced one item at a time without division; a
+// block's tiles are blockIdx.x, + gridDim.x, ...
+struct ItemPos {
+  int tile;
+  int within;
+  __device__ __forceinline__ void next(int per_tile) {
+    if (++within == per_tile) {
+      within = 0;
+      tile += gridDim.x;
+    }
+  }
+};
 
 // A row's scale for one chunk, as loaded (prefetched) and then decoded.
 struct RawScale {

@@ -15,9 +15,11 @@
 // bias and writes out[token, row]. The grid is persistent (what fits on the GPU at once), so the
 // 32 KB table is built once per block.
 //
-// One token has its own variant (see compute_item); 9..16 tokens use R = 2 (see pick). On an H100
-// (benchmarks/RESULTS.md) this reaches 41-62% of copy bandwidth on the large layers at one token;
-// the limit is instruction issue and the L1/shared-memory pipe (a table read per two weights).
+// One token has its own variant (see compute_item), used where the one-token kernel
+// (linear_4bit_decode.cu) does not apply (blocksize 32, K % 64 != 0); 9..16 tokens use R = 2
+// (see pick). On an H100 (benchmarks/RESULTS.md) this reached 41-62% of copy bandwidth on the
+// large layers at one token; instruction issue is the limit (with no weight loaded at all it ran
+// at two thirds of its time, session 8).
 #include "cuda/linear_4bit_mma.cuh"
 
 namespace kbit::cuda {
@@ -36,19 +38,6 @@ constexpr int smem_bytes() {
   return mma::kLutBytes + W * R * NT * 128 * 4 + 256 * 4;
 }
 
-// Where a warp's item lies: tile `tile` of the weight, chunk warp + W * within of it. Advanced by
-// one item at a time (no division in the loop): the block's tiles are blockIdx.x, + gridDim.x, ...
-struct ItemPos {
-  int tile;
-  int within;
-  __device__ __forceinline__ void next(int per_tile) {
-    if (++within == per_tile) {
-      within = 0;
-      tile += gridDim.x;
-    }
-  }
-};
-
 struct Shape {
   int per_tile;  // chunks per warp per tile
   int ntiles, nchunks;
@@ -57,7 +46,7 @@ struct Shape {
 // Lane t's 32 columns of the item's chunk, rows 16 rt + g and 16 rt + g + 8 of the tile.
 template <int W, int R, bool DQ>
 __device__ __forceinline__ void load_stage(Stage<R>& st, const Linear4bitArgs& a, int bs_log2, const Shape& m,
-                                           const ItemPos& pos, int warp, int g, int t) {
+                                           const mma::ItemPos& pos, int warp, int g, int t) {
   const int c = warp + W * pos.within;
   const int k0 = c * 128 + 32 * t;  // N, K < 2^30 (linear_4bit_fusable)
   const bool kok = pos.tile < m.ntiles && c < m.nchunks && k0 < a.K;
@@ -215,14 +204,11 @@ __global__ void __launch_bounds__(W * 32, warps_per_sm<R>() / W) skinny_kernel(L
 
   // One item in flight per warp: the next item's weights and scales load while this one computes.
   // The first one is issued before the table is built, which hides its latency.
-  ItemPos cur{int(blockIdx.x), 0}, ahead = cur;
+  mma::ItemPos cur{int(blockIdx.x), 0}, ahead = cur;
   Stage<R> next;
   load_stage<W, R, DQ>(next, a, bs_log2, m, ahead, warp, g, t);
   ahead.next(m.per_tile);
-  mma::fill_lut<T>(smem, a.quant_type);
-  if (DQ)
-    for (int i = threadIdx.x; i < 256; i += W * 32) code8[i] = a.scales.nested_code[i];
-  const float offset = DQ ? __ldg(a.scales.nested_offset) : 0.0f;
+  const float offset = mma::fill_tables<T, DQ>(smem, code8, a);
   __syncthreads();  // code8 and the table
 
   float acc[R][NT][4];

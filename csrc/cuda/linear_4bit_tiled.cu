@@ -16,6 +16,7 @@
 // second reader finds them in L2. When there are too few tiles to fill the GPU, K is split across
 // blockIdx.z; partial sums go to a float32 workspace with atomics and a second kernel casts them
 // and adds the bias.
+#include "cuda/cp_async.cuh"
 #include "cuda/linear_4bit_mma.cuh"
 
 namespace kbit::cuda {
@@ -40,13 +41,6 @@ __device__ __forceinline__ int swz(int row, int piece) {
   return piece ^ (((piece >> 3) & 1) << 1) ^ (row & 1);
 }
 
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool ok) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
-
 __device__ __forceinline__ uint4 lds128(uint32_t addr) {
   uint4 r;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(addr));
@@ -63,7 +57,7 @@ __device__ __forceinline__ void load_act(uint32_t dst, const T* A, int64_t M, in
     const int row = idx >> 4, piece = idx & 15;
     const int64_t tok = tok0 + row, k = c * kChunk + piece * 8;
     const bool ok = tok < M && k < K;
-    cp_async16(dst + row * 256 + swz(row, piece) * 16, ok ? static_cast<const void*>(A + tok * K + k) : A, ok);
+    cp_async16(dst + row * 256 + swz(row, piece) * 16, ok ? static_cast<const void*>(A + tok * K + k) : A, ok ? 16 : 0);
   }
 }
 
@@ -141,14 +135,11 @@ __global__ void __launch_bounds__(kThreads) tiled_kernel(Linear4bitArgs a, int b
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (c0 + s < c1) load_act(act + s * kStageBytes, A, a.M, a.K, tok0, c0 + s);
-    cp_commit();
+    cp_async_commit();
   }
   WChunk cur;
   load_w<DQ>(cur, a, bs_log2, row0, c0, c0 < c1, g, t);
-  mma::fill_lut<T>(smem, a.quant_type);
-  if (DQ)
-    for (int i = threadIdx.x; i < 256; i += kThreads) code8[i] = a.scales.nested_code[i];
-  const float offset = DQ ? __ldg(a.scales.nested_offset) : 0.0f;
+  const float offset = mma::fill_tables<T, DQ>(smem, code8, a);
 
   float acc[kMT][kNT][4];
 #pragma unroll
@@ -157,17 +148,17 @@ __global__ void __launch_bounds__(kThreads) tiled_kernel(Linear4bitArgs a, int b
     for (int nt = 0; nt < kNT; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
 
   for (int64_t c = c0; c < c1; ++c) {
-    cp_wait<kStages - 2>();
+    cp_async_wait<kStages - 2>();
     __syncthreads();  // chunk c's tile is visible; the stage read last iteration is free again
     const int64_t cn = c + kStages - 1;
     if (cn < c1) load_act(act + ((cn - c0) % kStages) * kStageBytes, A, a.M, a.K, tok0, cn);
-    cp_commit();
+    cp_async_commit();
     WChunk nxt;
     load_w<DQ>(nxt, a, bs_log2, row0, c + 1, c + 1 < c1, g, t);
     compute<T, DQ>(cur, act + ((c - c0) % kStages) * kStageBytes, acc, lut, lane4, code8, offset, g, t);
     cur = nxt;
   }
-  cp_wait<0>();
+  cp_async_wait<0>();
 
   const T* bias = static_cast<const T*>(a.bias);
   T* C = static_cast<T*>(a.C);

@@ -24,6 +24,7 @@
 // leaves through shared memory in whole 16-byte pieces of output rows. Blocks are ordered token
 // tile fastest, so blocks sharing weight rows run together and meet them in L2.
 // Measurements and what was tried: benchmarks/RESULTS.md (sessions 3 and 7).
+#include "cuda/cp_async.cuh"
 #include "cuda/linear_4bit_mma.cuh"
 #include "cuda/tensor_map.cuh"
 #include "cuda/wgmma.cuh"
@@ -117,30 +118,31 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-// What a thread needs to issue its copies and find its pieces, computed once.
+// What a thread needs to issue its copies and find its pieces, computed once: piece wp (bytes
+// 16wp.., columns 32wp..) of block row wr, whose weight it copies and whose scale it decodes.
 struct Lane {
-  // Weight copy: piece wp (bytes 16wp.., columns 32wp..) of block row wr.
-  const uint8_t* w_src;  // the row's bytes at column k0; null past N
-  const uint8_t* w_any;  // a valid address for the zero-filling copies
-  uint32_t w_dst;      // offset in a stage
-  int w_col;           // 32 wp
-  // Scale computed by this thread: the same row and 32-column group as its weight copy.
-  int64_t s_elem;      // flat weight index of the group's first column at k0; -1 past N
-  uint32_t s_dst;      // offset in a slot
-  int s_col;           // 32 sg
+  int64_t elem;    // flat weight index of the piece's first column at k0; -1 past N
+  int col;         // 32 wp
+  uint32_t w_dst;  // offset in a weight stage
+  uint32_t s_dst;  // offset in a scale slot
 };
 
-__device__ __forceinline__ void copy_w(uint32_t stage, const Lane& l, int64_t kcols, int64_t c) {
-  const bool ok = c * kChunk + l.w_col < kcols && l.w_src != nullptr;
-  wgmma::cp_async16(stage + l.w_dst, ok ? l.w_src + c * (kChunk / 2) : l.w_any, ok ? 16 : 0);
+// Whether the thread's piece of chunk c lies inside the weight (N and this split's K columns).
+__device__ __forceinline__ bool piece_ok(const Lane& l, int64_t kcols, int64_t c) {
+  return l.elem >= 0 && c * kChunk + l.col < kcols;
 }
 
-// Raw scale of this thread's group in chunk c (zero past N and K).
+__device__ __forceinline__ void copy_w(uint32_t stage, const Lane& l, const uint8_t* W, int64_t kcols, int64_t c) {
+  const bool ok = piece_ok(l, kcols, c);
+  cp_async16(stage + l.w_dst, ok ? W + (l.elem + c * kChunk) / 2 : W, ok ? 16 : 0);
+}
+
+// Raw scale of this thread's piece in chunk c (zero past N and K).
 template <bool DQ>
 __device__ __forceinline__ void load_scale(mma::RawScale& s, bool& ok, const Linear4bitArgs& a, int bs_log2,
                                            const Lane& l, int64_t kcols, int64_t c) {
-  ok = l.s_elem >= 0 && c * kChunk + l.s_col < kcols;
-  s = mma::load_scale<DQ>(a.scales, (l.s_elem + c * kChunk) >> bs_log2, ok);
+  ok = piece_ok(l, kcols, c);
+  s = mma::load_scale<DQ>(a.scales, (l.elem + c * kChunk) >> bs_log2, ok);
 }
 
 template <typename T, bool DQ>
@@ -231,13 +233,10 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(const __grid_constan
   {
     const int wp = tid % 2, wr = tid / 2;
     const int64_t row = rows0 + wr;
-    l.w_col = 32 * wp;
+    l.col = 32 * wp;
+    l.elem = row < a.N ? row * a.K + k0 + l.col : -1;
     l.w_dst = wr * kWRow + 16 * wp;
-    l.w_any = a.W;
-    l.w_src = row < a.N ? a.W + (row * a.K + k0) / 2 + 16 * wp : nullptr;
-    l.s_col = 32 * wp;  // the scale of the same row and group as the weight copy
     l.s_dst = (wr * 2 + wp) * 4;
-    l.s_elem = row < a.N ? row * a.K + k0 + l.s_col : -1;
   }
   const uint32_t act = base, wst = base + L::kWAt, sst = base + L::kScaleAt, bar = base + L::kBarAt;
   // Thread 0 copies the activations of chunk c (TMA, TOK x 64 from (tok0, k0 + 64c); zeros past M
@@ -256,13 +255,10 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(const __grid_constan
   // group c then carries chunk c+S, so waiting for group c finds chunk c+1.
 #pragma unroll
   for (int w = 0; w < S; ++w)
-    if (w < nchunks) copy_w(wst + w * kWStage, l, kcols, w);
+    if (w < nchunks) copy_w(wst + w * kWStage, l, a.W, kcols, w);
 #pragma unroll
-  for (int s = 0; s < S - 1; ++s) wgmma::cp_async_commit();
-  mma::fill_lut<T>(reinterpret_cast<uint4*>(lut), a.quant_type);
-  if (DQ)
-    for (int i = tid; i < 256; i += kThreads) code8[i] = a.scales.nested_code[i];
-  const float offset = DQ ? __ldg(a.scales.nested_offset) : 0.0f;
+  for (int s = 0; s < S - 1; ++s) cp_async_commit();
+  const float offset = mma::fill_tables<T, DQ>(reinterpret_cast<uint4*>(lut), code8, a);
   __syncthreads();
   if (tid == 0)
     for (int64_t c = 0; c < S - 2 && c < nchunks; ++c) load_act(c);
@@ -274,7 +270,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(const __grid_constan
     store_scale<T, DQ>(scales + c * (kScaleSlot / 4), rs, rok, l, code8, offset);
   }
   load_scale<DQ>(rs, rok, a, bs_log2, l, kcols, 2);
-  wgmma::cp_async_wait<S - 2>();
+  cp_async_wait<S - 2>();
   __syncthreads();
 
   const uint32_t lane4 = uint32_t(lane) << 2, rot = (8u * t + 25u) & 31u;
@@ -291,14 +287,14 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(const __grid_constan
   auto chunk = [&](int64_t c, uint32_t(&cur)[4][4], uint32_t(&nxt)[4][4]) {
     // Chunk c+1's weights have landed for every thread, and every warp has retired chunk c-2's
     // wgmmas, whose activation stage the next TMA overwrites.
-    wgmma::cp_async_wait<S - 2>();
+    cp_async_wait<S - 2>();
     __syncthreads();
     if (tid == 0 && c + S - 2 < nchunks) load_act(c + S - 2);
     wgmma::mbar_wait(bar + 8 * (c % S), uint32_t(c / S) & 1u);
     issue<T>(acc, cur, act + (c % S) * L::kActStage);
     retire_all_but_one(nxt);  // chunk c-1, which read `nxt`
-    if (c + S < nchunks) copy_w(wst + ((c + S) % S) * kWStage, l, kcols, c + S);
-    wgmma::cp_async_commit();
+    if (c + S < nchunks) copy_w(wst + ((c + S) % S) * kWStage, l, a.W, kcols, c + S);
+    cp_async_commit();
     if (c + 2 < nchunks) {
       store_scale<T, DQ>(scales + (c % 2) * (kScaleSlot / 4), rs, rok, l, code8, offset);
       load_scale<DQ>(rs, rok, a, bs_log2, l, kcols, c + 3);

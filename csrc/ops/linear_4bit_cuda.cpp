@@ -1,6 +1,8 @@
 // CUDA registration of linear_4bit (schema in schemas.cpp): C = A @ dequant(W)^T + bias.
 // Picks the kernel by the number of tokens M (rows of A flattened to 2-D):
-//   M <= 16           fused skinny kernel (decode GEMV on tensor cores)
+//   M = 1             fused one-token kernel (decode GEMV on tensor cores) where it applies
+//                     (blocksize >= 64, K % 64 == 0), else the skinny kernel
+//   M <= 16           fused skinny kernel (the same scheme for up to 16 tokens)
 //   64 <= M <= 1024   on Hopper (sm_90a build, compute capability 9.0): the fused wgmma kernel, K
 //                     split across blocks on narrow layers (cuda::linear_4bit_wgmma_preferred
 //                     leaves 64 tokens on small weights to the tiled kernel, more than 128 tokens
@@ -9,7 +11,7 @@
 //   16 < M <= 128     otherwise: fused tiled kernel (KBIT_LINEAR4_TILED_MAX moves the limit)
 //   larger, or shapes the fused kernels do not take (K % 32 != 0, unaligned, float32 A):
 //                     dequantize W into an (N, K) buffer of A's dtype, then cuBLAS (at::addmm).
-// KBIT_LINEAR4_PATH=skinny|tiled|wgmma|dequant forces a path where it applies (benchmarks, tests).
+// KBIT_LINEAR4_PATH=decode|skinny|tiled|wgmma|dequant forces a path where it applies (benchmarks, tests).
 // On H100 (benchmarks/RESULTS.md) the tiled kernel beats dequantize + cuBLAS up to ~128 tokens.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
@@ -27,10 +29,10 @@
 namespace kbit::ops {
 namespace {
 
-enum class Path { Auto, Skinny, Tiled, Wgmma, Dequant };
+enum class Path { Auto, Skinny, Tiled, Wgmma, Dequant, Decode };
 
 Path forced_path() {
-  return Path(forced_choice("KBIT_LINEAR4_PATH", {"skinny", "tiled", "wgmma", "dequant"}));  // 0 = Auto
+  return Path(forced_choice("KBIT_LINEAR4_PATH", {"skinny", "tiled", "wgmma", "dequant", "decode"}));  // 0 = Auto
 }
 
 // KBIT_LINEAR4_WGMMA_TILE=128|256 forces the wgmma kernel's tokens per block (benchmarks, tests).
@@ -158,17 +160,23 @@ at::Tensor linear_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const
   const Path forced = forced_path();
   Path path = Path::Dequant;
   if (cuda::linear_4bit_fusable(args)) {
-    if (forced != Path::Auto) path = forced == Path::Skinny && M > 16 ? Path::Tiled : forced;
+    if (forced != Path::Auto) path = forced;
+    else if (cuda::linear_4bit_decode_supported(args)) path = Path::Decode;
     else if (M <= 16) path = Path::Skinny;
     else if (cuda::linear_4bit_wgmma_preferred(args)) path = Path::Wgmma;
     else path = M <= tiled_max() ? Path::Tiled : Path::Dequant;
+    // A forced kernel that does not take the problem falls back to the next one that does.
+    if (path == Path::Decode && !cuda::linear_4bit_decode_supported(args)) path = Path::Skinny;
+    if (path == Path::Skinny && M > 16) path = Path::Tiled;
     if (path == Path::Wgmma && !cuda::linear_4bit_wgmma_supported(args)) path = Path::Tiled;
   }
   if (path == Path::Dequant) return linear_dequant(A2, args, b).view(out_shape);
 
   auto out = at::empty({M, N}, A.options());
   args.C = out.data_ptr();
-  if (path == Path::Skinny) {
+  if (path == Path::Decode) {
+    check_launch(cuda::linear_4bit_decode(args, stream), "linear_4bit decode");
+  } else if (path == Path::Skinny) {
     check_launch(cuda::linear_4bit_skinny(args, stream), "linear_4bit skinny");
   } else {
     // Split K: partial sums meet in a zeroed float32 workspace, then one pass casts them.
