@@ -83,6 +83,23 @@ struct OutlierSmem {
   float a[MT][kCap + 1];
 };
 
+// Each owned output (W row nl, token ml) takes the q * W products of the cnt staged outlier
+// columns out of its int32 sum and adds A * W in float32.
+template <int MT, int kOuts>
+__device__ __forceinline__ void outlier_apply(int cnt, const OutlierSmem<MT>& sm, const bool (&own)[kOuts],
+                                              const int (&nl)[kOuts], const int (&ml)[kOuts], int (&iacc)[kOuts],
+                                              float (&facc)[kOuts]) {
+#pragma unroll
+  for (int o = 0; o < kOuts; ++o) {
+    if (!own[o]) continue;
+    for (int j = 0; j < cnt; ++j) {
+      const int wv = sm.w[nl[o]][j];
+      iacc[o] -= sm.q[ml[o]][j] * wv;
+      facc[o] += sm.a[ml[o]][j] * float(wv);
+    }
+  }
+}
+
 // One round of outlier columns (ranks [base, base + kCap)): stage their W, q and A values in
 // shared memory, then each owned output (W row nl, token ml) takes the q * W products out of its
 // int32 sum and adds A * W in float32. Called by all threads (barriers inside).
@@ -114,15 +131,7 @@ __device__ void outlier_round(const SmallParams& p, const OutlierWalk& walk, int
         sm.q[i % MT][i / MT] = __float_as_int(v.y);
       });
   __syncthreads();
-#pragma unroll
-  for (int o = 0; o < kOuts; ++o) {
-    if (!own[o]) continue;
-    for (int j = 0; j < cnt; ++j) {
-      const int wv = sm.w[nl[o]][j];
-      iacc[o] -= sm.q[ml[o]][j] * wv;
-      facc[o] += sm.a[ml[o]][j] * float(wv);
-    }
-  }
+  outlier_apply<MT, kOuts>(cnt, sm, own, nl, ml, iacc, facc);
   __syncthreads();
 }
 
@@ -182,15 +191,40 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p
     ml[o] = (slot >> 2) * 8 + (l & 3) * 2 + (i & 1);
   }
 
-  // One round of outlier columns runs now, while the first W loads are in flight. More rounds all
-  // run after the main loop: their scattered W reads then hit the lines this block just streamed
-  // through L2 instead of fetching a 32-byte sector from DRAM per value.
+  // Outlier columns. A few (at most kEarly, the usual case): each thread loads at most one of
+  // their W values and one A / q pair into registers now and stages them after the main loop, so
+  // the scattered loads' latency hides under it instead of delaying it. More (up to kCap): one
+  // round runs now, while the first W loads are in flight. Beyond that, further rounds run after
+  // the main loop, where their scattered W reads hit the lines this block just streamed through L2.
   __shared__ OutlierSmem<MT> sm;
+  constexpr int kEarly = (kThreads / kTileN < kThreads / MT) ? kThreads / kTileN : kThreads / MT;
+  static_assert(kEarly <= OutlierSmem<MT>::kCap, "the early columns fit one round");
   OutlierWalk walk;
   walk.total = 0;
+  bool early = false;
+  int early_w = 0, early_q = 0;
+  float early_a = 0.0f;
   if (p.colmask) {
     walk.begin(p.colmask, K, sm.scan);
-    if (walk.total > 0 && walk.total <= OutlierSmem<MT>::kCap) outlier_round<MT, kOuts>(p, walk, 0, n0, m0, sm, own, nl, ml, iacc, facc);
+    if (walk.total > 0 && walk.total <= kEarly) {
+      early = true;
+      walk.fill(0, kEarly, sm.list);
+      __syncthreads();
+      const int i = threadIdx.x;
+      if (i < walk.total * kTileN) {
+        const int64_t r = i % kTileN;
+        if (n0 + r < N) early_w = int(p.W[(n0 + r) * K + sm.list[i / kTileN]]);
+      }
+      if (i < walk.total * MT) {
+        const int64_t m = m0 + i % MT, c = sm.list[i / MT];
+        if (m < M) {
+          early_a = load_any(p.A, m * K + c, p.a_dtype);
+          early_q = int(p.Aq[m * K + c]);
+        }
+      }
+    } else if (walk.total > 0 && walk.total <= OutlierSmem<MT>::kCap) {
+      outlier_round<MT, kOuts>(p, walk, 0, n0, m0, sm, own, nl, ml, iacc, facc);
+    }
   }
 
   for (int64_t s = s0; s < s1; s += U) {
@@ -233,6 +267,16 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p
     const int idx = threadIdx.x + o * kThreads;
     if (own[o])
       for (int w = 0; w < kWarps; ++w) iacc[o] += s_red[w][idx >> 5][idx & 31];
+  }
+  if (early) {  // sm.list is not read again, so no barrier is needed before these stores
+    const int i = threadIdx.x;
+    if (i < walk.total * kTileN) sm.w[i % kTileN][i / kTileN] = early_w;
+    if (i < walk.total * MT) {
+      sm.a[i % MT][i / MT] = early_a;
+      sm.q[i % MT][i / MT] = early_q;
+    }
+    __syncthreads();
+    outlier_apply<MT, kOuts>(walk.total, sm, own, nl, ml, iacc, facc);
   }
   constexpr int kCap = OutlierSmem<MT>::kCap;
   for (int base = walk.total <= kCap ? kCap : 0; base < walk.total; base += kCap)
