@@ -14,9 +14,11 @@
 //
 // Outliers: colmask marks columns computed in 16-bit. Their q entries are subtracted exactly from
 // the int32 sums (so q need not be zeroed there), and A[m, c] * W[n, c] is summed in float32 and
-// scaled by w_stats[n] / 127. The columns are found by a block scan of the mask (K / 8 bytes) and
-// handled OutlierSmem::kCap at a time, their A, q and W values staged in shared memory; a single round runs
-// before the main loop, under the latency of the first W loads, more rounds after it (L2 hits).
+// scaled by w_stats[n] / 127. The columns are found by a block scan of the mask (K / 8 bytes), and
+// their A, q and W values are staged in shared memory. Up to 16 columns (8 at 17..32 tokens), the
+// usual case, are loaded into registers before the main loop and staged after it, so that their
+// scattered loads wait under it; more are handled OutlierSmem::kCap at a time, a first round
+// before the main loop and the rest after it (L2 hits).
 //
 // Shapes the tensor-core kernel cannot take (K % 16 != 0, unaligned rows) go to a generic kernel:
 // one warp per output, lanes along K. Correct for any shape, not fast.
