@@ -55,10 +55,12 @@ __device__ __forceinline__ void load_stage(Stage<R>& st, const Linear4bitArgs& a
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = pos.tile * 16 * R + 16 * rt + g + 8 * r;
-      const bool ok = kok && row < a.N;
-      const int64_t e = int64_t(row) * a.K + k0;  // flat element index
-      st.w[rt][r] = ok ? ld_stream(a.W + e / 2) : make_uint4(0, 0, 0, 0);
-      st.s[rt][r] = mma::load_scale<DQ>(a.scales, e >> bs_log2, ok);
+      // Rows past N and columns past K read the weight's first bytes and scale instead: their
+      // products are never written (row >= N) or meet zero activations (k >= K), and the loads
+      // then need no predicate and no zeroing.
+      const uint64_t e = kok && row < a.N ? uint64_t(row) * uint64_t(a.K) + uint64_t(k0) : 0u;  // flat index
+      st.w[rt][r] = ld_stream(a.W + (e >> 1));
+      st.s[rt][r] = mma::load_scale<DQ>(a.scales, int64_t(e >> bs_log2), true);
     }
 }
 
