@@ -78,21 +78,6 @@ __device__ __forceinline__ void copy_x(uint32_t dst, const void* x, const Dims& 
   cp_async_commit();
 }
 
-// Step j (0..15) of an item: columns 4j..4j+3 of the lane's 64, i.e. bytes 2j and 2j + 1 of each
-// row's 32. j is a constant after unrolling.
-__device__ __forceinline__ void a_frag(uint32_t (&af)[4], const Item& it, int j, const char* lut, uint32_t lane4) {
-  const uint4& w0 = it.w[0][j / 8];
-  const uint4& w1 = it.w[1][j / 8];
-  const int word = (j / 2) % 4;
-  const uint32_t x0 = word == 0 ? w0.x : word == 1 ? w0.y : word == 2 ? w0.z : w0.w;
-  const uint32_t x1 = word == 0 ? w1.x : word == 1 ? w1.y : word == 2 ? w1.z : w1.w;
-  const int p = 2 * (j % 2);
-  af[0] = mma::lut_at(lut, x0, p, lane4);
-  af[1] = mma::lut_at(lut, x1, p, lane4);
-  af[2] = mma::lut_at(lut, x0, p + 1, lane4);
-  af[3] = mma::lut_at(lut, x1, p + 1, lane4);
-}
-
 template <typename T, bool DQ>
 __global__ void __launch_bounds__(kWarps * 32, 3) decode_kernel(Linear4bitArgs a, Dims d) {
   extern __shared__ uint4 smem[];
@@ -135,10 +120,13 @@ __global__ void __launch_bounds__(kWarps * 32, 3) decode_kernel(Linear4bitArgs a
     for (int q = 0; q < 8; ++q) {
       uint4 xv = make_uint4(0, 0, 0, 0);
       if (g == t) xv = xs[q];
+      // Steps 2q and 2q + 1 of 16: bytes 4q..4q+3 of each row's 32, i.e. steps 2q % 8 and
+      // 2q % 8 + 1 of the 16-byte half q / 4 (linear_4bit_mma.cuh's fragment of 32 columns).
+      const int h = q / 4, j = 2 * q % 8;
       uint32_t af[4];
-      a_frag(af, it, 2 * q, lut, lane4);
+      mma::a_frag_unscaled(af, j, lut, lane4, it.w[0][h], it.w[1][h]);
       mma::mma16816<T>(part[0], af, xv.x, xv.y);
-      a_frag(af, it, 2 * q + 1, lut, lane4);
+      mma::a_frag_unscaled(af, j + 1, lut, lane4, it.w[0][h], it.w[1][h]);
       mma::mma16816<T>(part[1], af, xv.z, xv.w);
     }
     // part[.][i]: row g (i < 2) or g + 8, summed over the columns of lane (g, 2t + i % 2).
@@ -177,17 +165,6 @@ __global__ void __launch_bounds__(kWarps * 32, 3) decode_kernel(Linear4bitArgs a
 
 template <typename T, bool DQ>
 cudaError_t launch(const Linear4bitArgs& a, cudaStream_t stream) {
-  auto kernel = decode_kernel<T, DQ>;
-  static bool smem_allowed[64] = {};
-  cudaError_t e = allow_dynamic_smem(kernel, kSmemBytes, smem_allowed);
-  if (e != cudaSuccess) return e;
-  static int per_sm = -1;  // blocks per SM (same on every device we target)
-  if (per_sm < 0) {
-    int n = 0;
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kWarps * 32, kSmemBytes);
-    if (e != cudaSuccess) return e;
-    per_sm = n > 0 ? n : 1;
-  }
   Dims d;
   d.N = int(a.N);
   d.K = int(a.K);
@@ -195,8 +172,12 @@ cudaError_t launch(const Linear4bitArgs& a, cudaStream_t stream) {
   d.nchunks = int(ceil_div(a.K, kChunk));
   d.per_tile = int(ceil_div(d.nchunks, kWarps));
   d.bs_log2 = log2_exact(a.blocksize);
-  const int64_t cap = int64_t(per_sm) * sm_count();
-  const int grid = int(d.ntiles < cap ? d.ntiles : cap);
+  auto kernel = decode_kernel<T, DQ>;
+  static bool smem_allowed[64] = {};
+  static int per_sm = -1;
+  int grid = 0;
+  const cudaError_t e = mma::persistent_grid(kernel, kWarps * 32, kSmemBytes, d.ntiles, smem_allowed, per_sm, grid);
+  if (e != cudaSuccess) return e;
   kernel<<<grid, kWarps * 32, kSmemBytes, stream>>>(a, d);
   return cudaGetLastError();
 }

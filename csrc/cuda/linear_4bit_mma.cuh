@@ -45,6 +45,26 @@ cudaError_t with_types(const Linear4bitArgs& a, F&& f) {
   return dq ? f(__half{}, std::true_type{}) : f(__half{}, std::false_type{});
 }
 
+// Grid of a persistent kernel over `tiles` work units: as many blocks as fit on the GPU at once,
+// at most one per unit. The caller keeps, per kernel instantiation, the per-device flags of its
+// shared-memory limit (`smem_allowed`) and its blocks per SM (`per_sm`, -1 until known; the same on
+// every device we target).
+template <typename Kernel>
+cudaError_t persistent_grid(Kernel kernel, int threads, int smem, int64_t tiles, bool (&smem_allowed)[64],
+                            int& per_sm, int& grid) {
+  cudaError_t e = allow_dynamic_smem(kernel, smem, smem_allowed);
+  if (e != cudaSuccess) return e;
+  if (per_sm < 0) {
+    int n = 0;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem);
+    if (e != cudaSuccess) return e;
+    per_sm = n > 0 ? n : 1;
+  }
+  const int64_t cap = int64_t(per_sm) * sm_count();
+  grid = int(tiles < cap ? tiles : cap);
+  return cudaSuccess;
+}
+
 // Fills the replicated byte table (kLutBytes of shared memory) for code `qt` in type T. Each
 // thread computes an entry once and stores its 32 copies (8 x 16 bytes); a thread's stores start
 // at different pieces, so that a quarter-warp's fall in different banks. (Computing the value per

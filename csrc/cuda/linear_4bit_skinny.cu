@@ -239,18 +239,10 @@ cudaError_t launch(const Linear4bitArgs& a, cudaStream_t stream) {
   constexpr int smem = smem_bytes<W, NT, R>();
   auto kernel = skinny_kernel<T, W, NT, R, DQ, ONE>;
   static bool smem_allowed[64] = {};
-  cudaError_t e = allow_dynamic_smem(kernel, smem, smem_allowed);
+  static int per_sm = -1;
+  int grid = 0;
+  const cudaError_t e = mma::persistent_grid(kernel, W * 32, smem, ceil_div(a.N, 16 * R), smem_allowed, per_sm, grid);
   if (e != cudaSuccess) return e;
-  static int per_sm = -1;  // blocks per SM of this instantiation (same on every device we target)
-  if (per_sm < 0) {
-    int n = 0;
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, W * 32, smem);
-    if (e != cudaSuccess) return e;
-    per_sm = n > 0 ? n : 1;
-  }
-  const int64_t ntiles = ceil_div(a.N, 16 * R);
-  const int64_t cap = int64_t(per_sm) * sm_count();
-  const int grid = int(ntiles < cap ? ntiles : cap);
   kernel<<<grid, W * 32, smem, stream>>>(a, log2_exact(a.blocksize));
   return cudaGetLastError();
 }
