@@ -112,6 +112,31 @@ def test_quantize_while_loading_holds_one_float_weight_at_a_time(float_ckpt, mon
     assert all(ref() is None for ref in seen)
 
 
+@pytest.mark.parametrize("source", ["float", "quantized"])
+def test_loading_allocates_no_copies_of_the_quant_state(float_ckpt, tmp_path, monkeypatch, source):
+    """After loading, transformers replaces each non-persistent buffer with a new empty tensor;
+    kbit's quant state (non-persistent buffers) must not be among them (those copies would raise the
+    load peak by the size of all the scales), and the layers must end up with the state they loaded."""
+    from transformers.modeling_utils import PreTrainedModel
+
+    replaced = []
+    original = PreTrainedModel._move_missing_keys_from_meta_to_device
+
+    def watch(self, *args, **kwargs):
+        replaced.extend(name for name, _ in self.named_non_persistent_buffers())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "_move_missing_keys_from_meta_to_device", watch)
+    path = float_ckpt
+    if source == "quantized":
+        _load(float_ckpt, "nf4").save_pretrained(tmp_path)
+        path = tmp_path
+    model = _load(path, "nf4") if source == "float" else AutoModelForCausalLM.from_pretrained(path)
+    assert not [n for n in replaced if ".weight_" in n], replaced
+    torch.testing.assert_close(logits(model), logits(quantized_copy(kbit.QuantConfig(**CONFIGS["nf4"]))),
+                               rtol=0, atol=0)
+
+
 def test_quantize_model_marks_a_transformers_model_for_saving(tmp_path):
     config = kbit.QuantConfig(**CONFIGS["nf4"])
     model = quantized_copy(config)
