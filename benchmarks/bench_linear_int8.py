@@ -10,7 +10,7 @@ columns hold outliers (default 6; random-weight Llama models mark most of a down
 14336 input columns at 1024 tokens, which takes kbit's tensor-core outlier path past 64).
 
     python benchmarks/bench_linear_int8.py [--shapes 4096x4096,...] [--tokens 1,4,...] [--json out.json]
-                                           [--outlier-cols 6]
+                                           [--outlier-cols 6] [--flush write|read]
 """
 import argparse
 import json
@@ -125,11 +125,14 @@ def main():
     p.add_argument("--json", default=None)
     p.add_argument("--skip-quant", action="store_true")
     p.add_argument("--outlier-cols", type=int, default=6, help="activation columns holding outliers")
+    p.add_argument("--flush", choices=("write", "read"), default="write",
+                   help="how the L2 is flushed before each call (timing.Timer): write, as DESIGN.md's "
+                        "reference numbers were taken, or read (no dirty lines to write back: DRAM alone)")
     args = p.parse_args()
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its per-call bf16 -> fp16 warning
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     tokens = [int(t) for t in args.tokens.split(",")]
-    timer = Timer()
+    timer = Timer(flush=args.flush)
     bnb = try_import_bnb()
     bw = copy_bandwidth(timer)
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
@@ -146,7 +149,7 @@ def main():
     if not args.skip_quant:
         print("\n## int8_vectorwise_quant")
         print_table(qh, qrows)
-    print(f"\n## linear_8bit (ms per call, median, L2 flushed; {args.outlier_cols} outlier columns)")
+    print(f"\n## linear_8bit (ms per call, median, L2 flushed by a {args.flush}; {args.outlier_cols} outlier columns)")
     print_table(lh, lrows)
 
 

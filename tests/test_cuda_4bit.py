@@ -274,6 +274,22 @@ def test_quantize_4bit_bytes(quant_type, dtype, blocksize):
             assert torch.equal(packed.cpu(), cpu_p) and torch.equal(absmax.cpu(), cpu_a), size
 
 
+def test_quantize_nf4_at_every_threshold():
+    """Values exactly at, and one float step either side of, every NF4 threshold and every
+    sixteenth of [-1, 1] encode as the reference does (each 64-value block holds a 1.0, so the
+    scale is exactly 1 and x is the value itself); so does a block holding inf (x = NaN there)."""
+    points = torch.tensor(NF4_BOUNDS + [-1 + k / 16 for k in range(33)], dtype=torch.float32)
+    up, down = torch.nextafter(points, torch.tensor(2.0)), torch.nextafter(points, torch.tensor(-2.0))
+    values = torch.cat([points, up, down, torch.tensor([0.0, -0.0, 1.0, -1.0])])
+    blocks = [torch.cat([torch.ones(1), b, torch.zeros(63 - len(b))]) for b in values.split(63)]
+    blocks.append(torch.tensor([1.0, float("inf"), float("-inf")] + [0.5] * 61))
+    A = torch.cat(blocks)
+    packed, absmax = ops.quantize_4bit(A.to(DEV), 64, "nf4", torch.uint8)
+    ref_p, ref_a = ref_quantize_4bit(A, 64, "nf4")
+    assert torch.equal(absmax.cpu(), ref_a)
+    assert torch.equal(packed.cpu(), ref_p)
+
+
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("blocksize", [32, 64, 256, 4096])

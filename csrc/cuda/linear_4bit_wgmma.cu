@@ -396,7 +396,6 @@ bool linear_4bit_wgmma_supported(const Linear4bitArgs& a) {
 
 int linear_4bit_wgmma_splits(const Linear4bitArgs& a) {
   // One block per SM (shared memory).
-  // One block per SM (shared memory).
   return split_k_ways(ceil_div(a.M, tile_tokens(a)) * ceil_div(a.N, kRows), sm_count(), ceil_div(a.K, kChunk));
 }
 
