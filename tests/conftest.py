@@ -24,3 +24,11 @@ def bnb_vectors():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """For tests of CPU behaviour that load models through transformers: like bitsandbytes', kbit's
+    quantizer places a model with no device_map on the current CUDA device when there is one, and
+    these tests compare against models built on the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

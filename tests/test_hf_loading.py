@@ -19,6 +19,8 @@ from kbit.nn import Linear4bit, Linear8bitLt
 
 from hf_tiny import PROJECTIONS, float_model, logits, quantized_copy, save_float
 
+pytestmark = pytest.mark.usefixtures("cpu_only")  # conftest.py says why
+
 CONFIGS = {
     "nf4": dict(load_in_4bit=True, quant_type="nf4", double_quant=True, compute_dtype=torch.float32),
     "fp4": dict(load_in_4bit=True, quant_type="fp4", double_quant=False, compute_dtype=torch.float32),

@@ -14,6 +14,8 @@ from kbit.nn import Linear4bit, Linear8bitLt
 
 from hf_tiny import bnb_config_dict, float_model, logits, quantized_copy, save_float, write_bnb_checkpoint
 
+pytestmark = pytest.mark.usefixtures("cpu_only")  # conftest.py says why
+
 HAND_BUILT = {
     "nf4-dq": dict(bits=4, quant_type="nf4", double_quant=True),
     "fp4": dict(bits=4, quant_type="fp4", double_quant=False),

@@ -14,6 +14,8 @@ from kbit.nn import Linear4bit, Linear8bitLt
 
 from hf_tiny import PROJECTIONS, VOCAB, logits, save_float, tokens
 
+pytestmark = pytest.mark.usefixtures("cpu_only")  # conftest.py says why
+
 
 # ---- autograd through the quantized layers -----------------------------------------------------------
 def _float_reference(layer, x, bias):
