@@ -83,8 +83,8 @@ __device__ __forceinline__ void fill_lut(uint4* lut, int qt) {
 // The byte table and, when the absmax is double-quantized, the 256-value nested code (code8) in
 // shared memory; returns the nested offset (0 without double quantization). The global loads are
 // issued before the table is built and used after, so that their latency overlaps the build
-// instead of stalling the block at its start (every caller has 256 threads: one or two code
-// values per thread).
+// instead of stalling the block at its start (callers have 128 or 256 threads: one or two code
+// values per thread; the last loop only serves smaller blocks).
 template <typename T, bool DQ>
 __device__ __forceinline__ float fill_tables(uint4* lut, float* code8, const Linear4bitArgs& a) {
   const float offset = DQ ? __ldg(a.scales.nested_offset) : 0.0f;

@@ -41,11 +41,6 @@ __device__ __forceinline__ int swz(int row, int piece) {
   return piece ^ (((piece >> 3) & 1) << 1) ^ (row & 1);
 }
 
-__device__ __forceinline__ uint4 lds128(uint32_t addr) {
-  uint4 r;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(addr));
-  return r;
-}
 
 // Copies the 64 x 128 activation tile of chunk c into stage buffer `dst` (shared address).
 template <typename T>
