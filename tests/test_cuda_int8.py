@@ -46,7 +46,7 @@ def assert_quant_equal(got, ref):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
 @pytest.mark.parametrize("shape", [(1, 4096), (5, 33), (19, 45), (16, 2048), (17, 4096), (300, 1000),
-                                   (3, 7, 40), (2, 1030), (64, 14336)])
+                                   (3, 7, 40), (2, 1030), (64, 14336), (2, 20000), (1, 40000)])
 def test_quant_matches_cpu(dtype, threshold, shape):
     A = activations(int(torch.tensor(shape[:-1]).prod()), shape[-1], dtype).reshape(shape)
     got = ops.int8_vectorwise_quant(A.to(DEV), threshold)

@@ -16,9 +16,9 @@
 // the int32 sums (so q need not be zeroed there), and A[m, c] * W[n, c] is summed in float32 and
 // scaled by w_stats[n] / 127. The columns are found by a block scan of the mask (K / 8 bytes), and
 // their A, q and W values are staged in shared memory. Up to 16 columns (8 at 17..32 tokens), the
-// usual case, are loaded into registers before the main loop and staged after it, so that their
-// scattered loads wait under it; more are handled OutlierSmem::kCap at a time, a first round
-// before the main loop and the rest after it (L2 hits).
+// usual case, are loaded into registers early in the main loop (before it, or after its first
+// group where K is long) and staged after it, so that their scattered loads wait under it; more
+// are handled OutlierSmem::kCap at a time, a first round early and the rest after it (L2 hits).
 //
 // Shapes the tensor-core kernel cannot take (K % 16 != 0, unaligned rows) go to a generic kernel:
 // one warp per output, lanes along K. Correct for any shape, not fast.
@@ -193,6 +193,45 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p
     ml[o] = (slot >> 2) * 8 + (l & 3) * 2 + (i & 1);
   }
 
+  // One group of U spans from s: its q loads, its MMAs on the W registers, the next group's W loads.
+  auto group = [&](int64_t s) {
+    uint4 qa[U][MG];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const bool ok = s + u < s1 && (s + u) * 64 + t4 * 16 < K;
+#pragma unroll
+      for (int mg = 0; mg < MG; ++mg)
+        qa[u][mg] = ok && qv[mg] ? __ldg(reinterpret_cast<const uint4*>(qp[mg] + (s + u) * 64)) : zero;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int mg = 0; mg < MG; ++mg) {
+        mma_s8(acc[mg], wa[u].x, wb[u].x, wa[u].y, wb[u].y, qa[u][mg].x, qa[u][mg].y);
+        mma_s8(acc[mg], wa[u].z, wb[u].z, wa[u].w, wb[u].w, qa[u][mg].z, qa[u][mg].w);
+      }
+    }
+    if (s + U < s1) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t sn = s + U + u;
+        const bool ok = sn < s1 && sn * 64 + t4 * 16 < K;
+        wa[u] = ok && v0 ? load_stream(w0 + sn * 64) : zero;
+        wb[u] = ok && v1 ? load_stream(w1 + sn * 64) : zero;
+      }
+    }
+  };
+  // Where K is long (more than two groups per warp), the first group runs before the outlier
+  // set-up, so that the set-up's mask reads and barriers wait under the second group's W loads.
+  // With fewer groups the set-up goes first: its scattered early loads need the main loop to hide
+  // under. Without outliers the peel costs nothing and helps the schedule. (With 4 token groups,
+  // U = 2 and K >= 2560 already give more than two groups; deciding there spills registers.)
+  int64_t s = s0;
+  if (s < s1 && (MG >= 4 || !p.colmask || s1 - s0 > 2 * U)) {
+    group(s);
+    s += U;
+  }
+
   // Outlier columns. A few (at most kEarly, the usual case): each thread loads at most one of
   // their W values and one A / q pair into registers now and stages them after the main loop, so
   // the scattered loads' latency hides under it instead of delaying it. More (up to kCap): one
@@ -229,33 +268,7 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p
     }
   }
 
-  for (int64_t s = s0; s < s1; s += U) {
-    uint4 qa[U][MG];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const bool ok = s + u < s1 && (s + u) * 64 + t4 * 16 < K;
-#pragma unroll
-      for (int mg = 0; mg < MG; ++mg)
-        qa[u][mg] = ok && qv[mg] ? __ldg(reinterpret_cast<const uint4*>(qp[mg] + (s + u) * 64)) : zero;
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int mg = 0; mg < MG; ++mg) {
-        mma_s8(acc[mg], wa[u].x, wb[u].x, wa[u].y, wb[u].y, qa[u][mg].x, qa[u][mg].y);
-        mma_s8(acc[mg], wa[u].z, wb[u].z, wa[u].w, wb[u].w, qa[u][mg].z, qa[u][mg].w);
-      }
-    }
-    if (s + U < s1) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t sn = s + U + u;
-        const bool ok = sn < s1 && sn * 64 + t4 * 16 < K;
-        wa[u] = ok && v0 ? load_stream(w0 + sn * 64) : zero;
-        wb[u] = ok && v1 ? load_stream(w1 + sn * 64) : zero;
-      }
-    }
-  }
+  for (; s < s1; s += U) group(s);
 
   // Sum the 8 warps' fragments.
   __shared__ int s_red[kWarps][MG * 4][32];

@@ -3,9 +3,11 @@
 //
 // int8_row_quant: one block of 256 threads per row. Pass 1 reads the row in 16-byte vectors,
 // keeps the largest |x| below the threshold (compared as float bit patterns, like the CPU
-// reference) and marks outlier columns; the block reduces the maximum; pass 2 reads the row again
-// (from L1/L2: the block just read it, so DRAM sees it once) and writes round(x * scale) with
-// scale = 127 * (1 / row_stats), two float32 roundings, bit-identical to core/int8_rowwise.cpp.
+// reference) and marks outlier columns; the block reduces the maximum; pass 2 writes
+// round(x * scale) with scale = 127 * (1 / row_stats), two float32 roundings, bit-identical to
+// core/int8_rowwise.cpp. Rows of up to 16 vectors per thread (4096 floats, 32768 16-bit values)
+// stay in registers between the passes, with all of a thread's loads issued at once; longer rows
+// are read again in pass 2 (from L1/L2: the block just read them, so DRAM sees them once).
 // The mask is shared by all rows: with many rows, blocks atomicOr their bits into a cleared mask
 // (outliers are rare, so atomics are too); with few rows (decode), extra blocks each own 1024
 // columns, read them in every row and write their 32 mask words whole, which needs no clearing
@@ -123,12 +125,16 @@ __device__ void mask_columns(const T* __restrict__ A, int64_t rows, int64_t cols
   if (threadIdx.x < kMaskCols / 32 && w < nw) colmask[w] = s_mask[threadIdx.x];
 }
 
-template <typename T, bool kVector>
+// kRegs: -1 reads the row element by element (unaligned rows); 0 reads it twice in 16-byte vectors
+// (pass 2 from L1/L2); > 0 keeps each thread's (at most kRegs) vectors in registers between the
+// passes, so a short row costs one memory latency instead of one per vector and pass.
+template <typename T, int kRegs>
 __global__ void __launch_bounds__(kThreads)
     row_quant_kernel(const T* __restrict__ A, int64_t rows, int64_t cols, uint32_t thr,
                      int8_t* __restrict__ q, float* __restrict__ row_stats,
                      uint32_t* __restrict__ colmask, bool atomic_mask) {
   griddep_launch();  // the GEMM that consumes q may start loading W now
+  constexpr bool kVector = kRegs >= 0;
   if (blockIdx.x >= rows) {
     mask_columns<T, kVector>(A, rows, cols, thr, int64_t(blockIdx.x - rows) * kMaskCols, colmask);
     return;
@@ -137,28 +143,40 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t r = blockIdx.x;
   const T* a = A + r * cols;
   int8_t* qr = q + r * cols;
-  const bool mark = atomic_mask;
+  constexpr int V = Vec<T>::kN;
+  const int64_t nv = cols / V;
   uint32_t m = 0;
-  if (kVector) {
-    constexpr int V = Vec<T>::kN;
-    const int64_t nv = cols / V;
-    for (int64_t v = threadIdx.x; v < nv; v += kThreads) {
-      const uint4 u = *reinterpret_cast<const uint4*>(a + v * V);
-      uint32_t bits = 0;
+  // Pass 1 on vector v: the largest |x| below the threshold, and the outlier columns' bits.
+  auto scan = [&](const uint4& u, int64_t v) {
+    uint32_t bits = 0;
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const uint32_t b = abs_bits(Vec<T>::get(u, i));
-        m = max(m, b < thr ? b : 0u);
-        bits |= uint32_t(b >= thr && b <= kInfBits) << i;
-      }
-      // V consecutive columns starting at a multiple of V never straddle a mask word.
-      if (mark && bits) set_bits(colmask + ((v * V) >> 5), bits << ((v * V) & 31));
+    for (int i = 0; i < V; ++i) {
+      const uint32_t b = abs_bits(Vec<T>::get(u, i));
+      m = max(m, b < thr ? b : 0u);
+      bits |= uint32_t(b >= thr && b <= kInfBits) << i;
     }
+    // V consecutive columns starting at a multiple of V never straddle a mask word.
+    if (atomic_mask && bits) set_bits(colmask + ((v * V) >> 5), bits << ((v * V) & 31));
+  };
+  uint4 held[kRegs > 0 ? kRegs : 1];
+  if (kRegs > 0) {
+#pragma unroll
+    for (int j = 0; j < kRegs; ++j) {
+      const int64_t v = threadIdx.x + int64_t(j) * kThreads;
+      if (v < nv) held[j] = *reinterpret_cast<const uint4*>(a + v * V);
+    }
+#pragma unroll
+    for (int j = 0; j < kRegs; ++j) {
+      const int64_t v = threadIdx.x + int64_t(j) * kThreads;
+      if (v < nv) scan(held[j], v);
+    }
+  } else if (kVector) {
+    for (int64_t v = threadIdx.x; v < nv; v += kThreads) scan(*reinterpret_cast<const uint4*>(a + v * V), v);
   } else {
     for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
       const uint32_t b = abs_bits(to_f32(a[c]));
       m = max(m, b < thr ? b : 0u);
-      if (mark && b >= thr && b <= kInfBits) set_bits(colmask + (c >> 5), 1u << (c & 31));
+      if (atomic_mask && b >= thr && b <= kInfBits) set_bits(colmask + (c >> 5), 1u << (c & 31));
     }
   }
   m = block_max(m, s_red);
@@ -166,25 +184,30 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) row_stats[r] = s;
   const float scale = s > 0.0f ? __fmul_rn(127.0f, __frcp_rn(s)) : 0.0f;
   const uint32_t keep_below = min(thr, kInfBits);
-  if (kVector) {
-    constexpr int V = Vec<T>::kN;
-    const int64_t nv = cols / V;
-    for (int64_t v = threadIdx.x; v < nv; v += kThreads) {
-      const uint4 u = *reinterpret_cast<const uint4*>(a + v * V);
-      uint32_t lo = 0, hi = 0;
+  // Pass 2 on vector v: round(x * scale), 0 in the outlier columns.
+  auto store = [&](const uint4& u, int64_t v) {
+    uint32_t lo = 0, hi = 0;
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const uint32_t byte = static_cast<uint8_t>(quantize(Vec<T>::get(u, i), keep_below, scale));
-        if (i < 4)
-          lo |= byte << (8 * i);
-        else
-          hi |= byte << (8 * (i - 4));
-      }
-      if (V == 8)
-        *reinterpret_cast<uint2*>(qr + v * V) = make_uint2(lo, hi);
+    for (int i = 0; i < V; ++i) {
+      const uint32_t byte = static_cast<uint8_t>(quantize(Vec<T>::get(u, i), keep_below, scale));
+      if (i < 4)
+        lo |= byte << (8 * i);
       else
-        *reinterpret_cast<uint32_t*>(qr + v * V) = lo;
+        hi |= byte << (8 * (i - 4));
     }
+    if (V == 8)
+      *reinterpret_cast<uint2*>(qr + v * V) = make_uint2(lo, hi);
+    else
+      *reinterpret_cast<uint32_t*>(qr + v * V) = lo;
+  };
+  if (kRegs > 0) {
+#pragma unroll
+    for (int j = 0; j < kRegs; ++j) {
+      const int64_t v = threadIdx.x + int64_t(j) * kThreads;
+      if (v < nv) store(held[j], v);
+    }
+  } else if (kVector) {
+    for (int64_t v = threadIdx.x; v < nv; v += kThreads) store(*reinterpret_cast<const uint4*>(a + v * V), v);
   } else {
     for (int64_t c = threadIdx.x; c < cols; c += kThreads) qr[c] = quantize(to_f32(a[c]), keep_below, scale);
   }
@@ -262,10 +285,20 @@ cudaError_t launch_row_quant(const T* A, int64_t rows, int64_t cols, uint32_t th
                              cudaStream_t stream) {
   const bool vec = cols % Vec<T>::kN == 0 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
   const int64_t grid = rows + (mask_blocks ? (cols + kMaskCols - 1) / kMaskCols : 0);
-  if (vec)
-    row_quant_kernel<T, true><<<grid, kThreads, 0, stream>>>(A, rows, cols, thr, q, row_stats, colmask, atomic_mask);
+  const int64_t per_thread = (cols / Vec<T>::kN + kThreads - 1) / kThreads;  // vectors per thread
+  auto go = [&](auto kernel) { kernel<<<grid, kThreads, 0, stream>>>(A, rows, cols, thr, q, row_stats, colmask, atomic_mask); };
+  if (!vec)
+    go(row_quant_kernel<T, -1>);
+  else if (per_thread <= 2)
+    go(row_quant_kernel<T, 2>);
+  else if (per_thread <= 4)
+    go(row_quant_kernel<T, 4>);
+  else if (per_thread <= 8)
+    go(row_quant_kernel<T, 8>);
+  else if (per_thread <= 16)
+    go(row_quant_kernel<T, 16>);
   else
-    row_quant_kernel<T, false><<<grid, kThreads, 0, stream>>>(A, rows, cols, thr, q, row_stats, colmask, atomic_mask);
+    go(row_quant_kernel<T, 0>);
   return cudaGetLastError();
 }
 
