@@ -3,7 +3,7 @@ run back to back inside one CUDA graph (as a compiled decode step runs them), we
 (the layers together are far larger than the 50 MB L2). Reports the time per layer set and the
 bandwidth on the bytes each contender must read (packed weight + scales for NF4, bf16 weight).
 
-    python benchmarks/bench_decode_gemv.py [--layers 4] [--no-dq]
+    python benchmarks/bench_decode_gemv.py [--layers 4] [--no-dq] [--int8]
 """
 import argparse
 import os
@@ -38,6 +38,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--no-dq", action="store_true")
+    p.add_argument("--int8", action="store_true", help="also kbit's LLM.int8() layers")
     args = p.parse_args()
     torch.manual_seed(0)
     bw = copy_bandwidth(Timer())
@@ -59,6 +60,13 @@ def main():
 
     row("torch bf16", dense, d_bytes)
     row("kbit NF4", graph_ms(lambda: [l(xs[l.K]) for l in layers]), q_bytes)
+    del layers
+    if args.int8:  # LLM.int8() at threshold 6 (randn activations: no outlier columns)
+        ops = torch.ops.kbit
+        int8 = [ops.int8_vectorwise_quant(w.half(), 0.0)[:2] for w in weights]
+        i_bytes = sum(cb.numel() + scb.numel() * 4 for cb, scb in int8)
+        row("kbit int8", graph_ms(lambda: [ops.linear_8bit(xs[cb.shape[1]], cb, scb, 6.0, None) for cb, scb in int8]),
+            i_bytes)
 
 
 if __name__ == "__main__":
