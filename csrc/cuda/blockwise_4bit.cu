@@ -1,10 +1,8 @@
 // 4-bit blockwise quantize / dequantize (NF4, FP4), byte-exact with bitsandbytes.
 //
-// Quantize: each thread owns a vector of 8 consecutive elements (one 16-byte load for 16-bit
-// inputs) and writes the 4 packed bytes of it. The lanes that share a quantization block reduce
-// its absmax with warp shuffles: min(blocksize / 8, 32) lanes per block; blocks larger than 256
-// elements take a whole warp, which reads the block twice (max, then encode; the second read
-// hits L1/L2). Scaling multiplies by the float32 reciprocal of absmax, as bitsandbytes does, so an
+// Quantize: the walk of blockwise_walk.cuh (a thread owns 8 consecutive elements, one 16-byte load
+// for 16-bit inputs, and writes their 4 packed bytes; min(blocksize / 8, 32) lanes share a block's
+// absmax through shuffles; larger blocks take a warp and are read twice). Scaling multiplies by the float32 reciprocal of absmax, as bitsandbytes does, so an
 // all-zero block encodes NaN -> index 0 (it still dequantizes to 0), and the pad nibble of an odd
 // count is the code of 0.0 (0x7 for NF4).
 //
@@ -13,6 +11,7 @@
 // (blocksize >= 32), so one scale per step; codes come from a 16-entry float table in shared memory
 // (distinct banks, no conflicts).
 #include "cuda/blockwise_4bit.cuh"
+#include "cuda/blockwise_walk.cuh"
 #include "cuda/common.cuh"
 
 namespace kbit::cuda {
@@ -67,7 +66,6 @@ __device__ __forceinline__ void encode_store8(const float (&v)[8], float inv, in
   }
 }
 
-// One warp covers `span` = max(256, blocksize) elements per step of a grid-stride loop.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) quantize_4bit_kernel(const T* __restrict__ A, int64_t n,
                                                                  int bs_log2, int qt, bool vec,
@@ -77,48 +75,9 @@ __global__ void __launch_bounds__(kThreads) quantize_4bit_kernel(const T* __rest
   if (threadIdx.x < 15) mid[threadIdx.x] = kNF4Mid[threadIdx.x];
   __syncthreads();
 
-  const int lane = threadIdx.x & 31;
-  const int64_t bs = int64_t(1) << bs_log2;
-  const int group = bs >= 256 ? 32 : int(bs / 8);  // lanes per quantization block
-  const int64_t span = bs >= 256 ? bs : 256;
-  const int iters = int(span / 256);  // vectors per lane per block
-  const int64_t warps = ceil_div(n, span);
-  const int64_t stride = int64_t(gridDim.x) * (kThreads / 32);
-
-  for (int64_t w = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; w < warps; w += stride) {
-    const int64_t base = w * span;
-    if (iters == 1) {
-      const int64_t i = base + lane * 8;
-      float v[8];
-      load8(A, i, n, vec, v);
-      float m = 0.0f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
-      for (int off = group / 2; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-      if (i < n) {
-        if (lane % group == 0) absmax[i >> bs_log2] = m;
-        encode_store8(v, __frcp_rn(m), qt, mid, packed, i, n);
-      }
-    } else {
-      float m = 0.0f;
-      for (int it = 0; it < iters; ++it) {
-        float v[8];
-        load8(A, base + (it * 32 + lane) * 8, n, vec, v);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
-      }
-      for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-      if (lane == 0) absmax[base >> bs_log2] = m;
-      const float inv = __frcp_rn(m);
-      for (int it = 0; it < iters; ++it) {
-        const int64_t i = base + (it * 32 + lane) * 8;
-        if (i >= n) break;
-        float v[8];
-        load8(A, i, n, vec, v);
-        encode_store8(v, inv, qt, mid, packed, i, n);
-      }
-    }
-  }
+  quantize_blocks<kThreads>(A, n, bs_log2, vec, absmax, [&](const float (&v)[8], float inv, int64_t i) {
+    encode_store8(v, inv, qt, mid, packed, i, n);
+  });
 }
 
 // Scale of quantization block b (float32 math without FMA contraction, as the reference does).

@@ -1,9 +1,9 @@
 // 8-bit blockwise quantize / dequantize with a sorted 256-value code, byte-exact with
 // bitsandbytes.
 //
-// Quantize: the same decomposition as the 4-bit kernel (blockwise_4bit.cu): a thread owns 8
+// Quantize: the walk of blockwise_walk.cuh, shared with the 4-bit kernel (a thread owns 8
 // consecutive elements, min(blocksize / 8, 32) lanes share a block's absmax through shuffles, and
-// larger blocks take a warp and are read twice. Each element is scaled by the float32 reciprocal of
+// larger blocks take a warp and are read twice). Each element is scaled by the float32 reciprocal of
 // absmax and encoded with bitsandbytes' search: 7 halving steps from pivot 127 over the code held
 // in shared memory, then the nearer of the final pivot and the neighbour that bracketed x, decided
 // against the float32 midpoint. (That search never reaches index 255 from above and settles ties and
@@ -12,6 +12,7 @@
 // Dequantize: a lane-step writes 16 bytes (8 16-bit or 4 float outputs, always inside one block
 // since blocksize >= 32), so warp stores are coalesced.
 #include "cuda/blockwise_8bit.cuh"
+#include "cuda/blockwise_walk.cuh"
 #include "cuda/common.cuh"
 
 namespace kbit::cuda {
@@ -68,48 +69,9 @@ __global__ void __launch_bounds__(kThreads) quantize_8bit_kernel(const T* __rest
   for (int i = threadIdx.x; i < 256; i += kThreads) code[i] = code_g[i];
   __syncthreads();
 
-  const int lane = threadIdx.x & 31;
-  const int64_t bs = int64_t(1) << bs_log2;
-  const int group = bs >= 256 ? 32 : int(bs / 8);
-  const int64_t span = bs >= 256 ? bs : 256;
-  const int iters = int(span / 256);
-  const int64_t warps = ceil_div(n, span);
-  const int64_t stride = int64_t(gridDim.x) * (kThreads / 32);
-
-  for (int64_t w = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; w < warps; w += stride) {
-    const int64_t base = w * span;
-    if (iters == 1) {
-      const int64_t i = base + lane * 8;
-      float v[8];
-      load8(A, i, n, vec, v);
-      float m = 0.0f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
-      for (int off = group / 2; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-      if (i < n) {
-        if (lane % group == 0) absmax[i >> bs_log2] = m;
-        encode_store8(v, __frcp_rn(m), code, q, i, n, vec);
-      }
-    } else {
-      float m = 0.0f;
-      for (int it = 0; it < iters; ++it) {
-        float v[8];
-        load8(A, base + (it * 32 + lane) * 8, n, vec, v);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
-      }
-      for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-      if (lane == 0) absmax[base >> bs_log2] = m;
-      const float inv = __frcp_rn(m);
-      for (int it = 0; it < iters; ++it) {
-        const int64_t i = base + (it * 32 + lane) * 8;
-        if (i >= n) break;
-        float v[8];
-        load8(A, i, n, vec, v);
-        encode_store8(v, inv, code, q, i, n, vec);
-      }
-    }
-  }
+  quantize_blocks<kThreads>(A, n, bs_log2, vec, absmax, [&](const float (&v)[8], float inv, int64_t i) {
+    encode_store8(v, inv, code, q, i, n, vec);
+  });
 }
 
 // A lane-step turns kE codes into 16 bytes of output (8 bf16/fp16 or 4 float): coalesced 512-byte

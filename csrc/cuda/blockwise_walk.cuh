@@ -1,0 +1,59 @@
+// The walk over A that the blockwise quantize kernels (4-bit and 8-bit) share: each warp takes
+// span = max(256, blocksize) consecutive elements per step of a grid-stride loop, a lane 8
+// consecutive elements at a time. Blocks of up to 256 elements are covered by blocksize / 8 lanes,
+// which reduce their absmax through shuffles; larger blocks take the whole warp and are read twice
+// (absmax first, then encoding). The caller's encode(v, 1 / absmax, i) turns elements [i, i + 8)
+// into output; absmax[block] gets the block's largest magnitude.
+#pragma once
+#include "cuda/common.cuh"
+
+namespace kbit::cuda {
+
+template <int kThreads, typename T, typename Encode>
+__device__ __forceinline__ void quantize_blocks(const T* __restrict__ A, int64_t n, int bs_log2, bool vec,
+                                                float* __restrict__ absmax, Encode encode) {
+  const int lane = threadIdx.x & 31;
+  const int64_t bs = int64_t(1) << bs_log2;
+  const int group = bs >= 256 ? 32 : int(bs / 8);  // lanes per quantization block
+  const int64_t span = bs >= 256 ? bs : 256;
+  const int iters = int(span / 256);  // vectors per lane per block
+  const int64_t warps = ceil_div(n, span);
+  const int64_t stride = int64_t(gridDim.x) * (kThreads / 32);
+
+  for (int64_t w = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; w < warps; w += stride) {
+    const int64_t base = w * span;
+    if (iters == 1) {
+      const int64_t i = base + lane * 8;
+      float v[8];
+      load8(A, i, n, vec, v);
+      float m = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
+      for (int off = group / 2; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      if (i < n) {
+        if (lane % group == 0) absmax[i >> bs_log2] = m;
+        encode(v, __frcp_rn(m), i);
+      }
+    } else {
+      float m = 0.0f;
+      for (int it = 0; it < iters; ++it) {
+        float v[8];
+        load8(A, base + (it * 32 + lane) * 8, n, vec, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
+      }
+      for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      if (lane == 0) absmax[base >> bs_log2] = m;
+      const float inv = __frcp_rn(m);
+      for (int it = 0; it < iters; ++it) {
+        const int64_t i = base + (it * 32 + lane) * 8;
+        if (i >= n) break;
+        float v[8];
+        load8(A, i, n, vec, v);
+        encode(v, inv, i);
+      }
+    }
+  }
+}
+
+}  // namespace kbit::cuda
