@@ -187,6 +187,27 @@ def test_linear_8bit_many_outlier_columns():
         torch.testing.assert_close(got.double(), exact, rtol=8e-3, atol=8e-3 * exact.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [1, 5, 13, 20])
+@pytest.mark.parametrize("n_cols", [17, 60, 64, 128, 256])
+def test_linear_8bit_few_tokens_many_outlier_columns(dtype, M, n_cols):
+    # Few tokens (the skinny GEMM) with more outlier columns than its early path takes: up to one
+    # round (256, 128 or 64 columns for 8, 16 or 32 tokens per block) is staged before the main
+    # loop, more after it. Short and long K (the set-up before / after the first group), N past the
+    # last 16-row tile, and A at an odd element offset (16-bit A only 2-byte aligned).
+    for N, K in ((40, 512), (24, 4096)):
+        A = activations(M, K, dtype, n_outlier_cols=n_cols)
+        CB, SCB = weight(N, K)
+        exact = linear_8bit_f64(A, CB, SCB, 6.0, None)
+        tol = 1e-5 if dtype == torch.float32 else 8e-3
+        shifted = torch.empty(M * K + 1, dtype=dtype, device=DEV)[1:].view(M, K)
+        shifted.copy_(A)
+        for Ad in (A.to(DEV), shifted):
+            got = ops.linear_8bit(Ad, CB.to(DEV), SCB.to(DEV), 6.0, None).cpu()
+            torch.testing.assert_close(got.double(), exact, rtol=tol, atol=tol * exact.abs().max().item(),
+                                       msg=lambda m: f"N={N} K={K} offset={Ad.storage_offset()}: {m}")
+
+
 def test_linear_8bit_3d_empty_and_graph():
     CB, SCB = weight(64, 128)
     CB, SCB = CB.to(DEV), SCB.to(DEV)
