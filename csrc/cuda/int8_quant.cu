@@ -159,17 +159,16 @@ __global__ void __launch_bounds__(kThreads)
     if (atomic_mask && bits) set_bits(colmask + ((v * V) >> 5), bits << ((v * V) & 31));
   };
   uint4 held[kRegs > 0 ? kRegs : 1];
+  auto each_held = [&](auto f) {  // f(j, v) for this thread's vectors v, held in held[j]
+#pragma unroll
+    for (int j = 0; j < kRegs; ++j) {
+      const int64_t v = threadIdx.x + int64_t(j) * kThreads;
+      if (v < nv) f(j, v);
+    }
+  };
   if (kRegs > 0) {
-#pragma unroll
-    for (int j = 0; j < kRegs; ++j) {
-      const int64_t v = threadIdx.x + int64_t(j) * kThreads;
-      if (v < nv) held[j] = *reinterpret_cast<const uint4*>(a + v * V);
-    }
-#pragma unroll
-    for (int j = 0; j < kRegs; ++j) {
-      const int64_t v = threadIdx.x + int64_t(j) * kThreads;
-      if (v < nv) scan(held[j], v);
-    }
+    each_held([&](int j, int64_t v) { held[j] = *reinterpret_cast<const uint4*>(a + v * V); });
+    each_held([&](int j, int64_t v) { scan(held[j], v); });
   } else if (kVector) {
     for (int64_t v = threadIdx.x; v < nv; v += kThreads) scan(*reinterpret_cast<const uint4*>(a + v * V), v);
   } else {
@@ -201,11 +200,7 @@ __global__ void __launch_bounds__(kThreads)
       *reinterpret_cast<uint32_t*>(qr + v * V) = lo;
   };
   if (kRegs > 0) {
-#pragma unroll
-    for (int j = 0; j < kRegs; ++j) {
-      const int64_t v = threadIdx.x + int64_t(j) * kThreads;
-      if (v < nv) store(held[j], v);
-    }
+    each_held([&](int j, int64_t v) { store(held[j], v); });
   } else if (kVector) {
     for (int64_t v = threadIdx.x; v < nv; v += kThreads) store(*reinterpret_cast<const uint4*>(a + v * V), v);
   } else {
