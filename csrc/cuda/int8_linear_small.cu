@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_kernel(const SmallParams p
   // Outlier columns. A few (at most kEarly, the usual case): each thread loads at most one of
   // their W values and one A / q pair into registers now and stages them after the main loop, so
   // the scattered loads' latency hides under it instead of delaying it. More (up to kCap): one
-  // round runs now, while the first W loads are in flight. Beyond that, further rounds run after
+  // round runs now, while W loads are in flight. Beyond that, further rounds run after
   // the main loop, where their scattered W reads hit the lines this block just streamed through L2.
   __shared__ OutlierSmem<MT> sm;
   constexpr int kEarly = (kThreads / kTileN < kThreads / MT) ? kThreads / kTileN : kThreads / MT;
