@@ -58,13 +58,7 @@ __device__ __forceinline__ void load_item(Item& it, const Linear4bitArgs& a, con
     const uint8_t* p = a.W + (e >> 1);
     it.w[r][0] = ld_stream(p);
     it.w[r][1] = ld_stream(p + 16);
-    const uint32_t b = e >> d.bs_log2;
-    if constexpr (DQ) {
-      it.s[r].q = __ldg(a.scales.qabsmax + b);
-      it.s[r].a = __ldg(a.scales.nested_absmax + (b >> a.scales.nested_log2));
-    } else {
-      it.s[r].a = __ldg(a.scales.absmax + b);
-    }
+    it.s[r] = mma::load_scale<DQ>(a.scales, e >> d.bs_log2, true);
   }
 }
 

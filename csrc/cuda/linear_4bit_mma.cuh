@@ -140,8 +140,10 @@ struct RawScale {
   uint32_t q;  // uint8 absmax code when double-quantized
 };
 
-template <bool DQ>
-__device__ __forceinline__ RawScale load_scale(const AbsmaxRef& s, int64_t b, bool ok) {
+// Raw scale of quantization block b (zero where !ok). I: the index type (the one-token kernel
+// indexes in 32 bits, the others in 64).
+template <bool DQ, typename I>
+__device__ __forceinline__ RawScale load_scale(const AbsmaxRef& s, I b, bool ok) {
   RawScale r{0.0f, 0u};
   if (ok) {
     if constexpr (DQ) {
