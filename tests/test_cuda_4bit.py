@@ -276,9 +276,10 @@ def test_quantize_4bit_bytes(quant_type, dtype, blocksize):
 
 def test_quantize_nf4_at_every_threshold():
     """Values exactly at, and one float step either side of, every NF4 threshold and every
-    sixteenth of [-1, 1] encode as the reference does (each 64-value block holds a 1.0, so the
-    scale is exactly 1 and x is the value itself); so does a block holding inf (x = NaN there)."""
-    points = torch.tensor(NF4_BOUNDS + [-1 + k / 16 for k in range(33)], dtype=torch.float32)
+    thirty-second of [-1, 1] (the kernel's bucket edges are at odd ones) encode as the reference
+    does (each 64-value block holds a 1.0, so the scale is exactly 1 and x is the value itself); so
+    does a block holding inf (x = NaN there)."""
+    points = torch.tensor(NF4_BOUNDS + [-1 + k / 32 for k in range(65)], dtype=torch.float32)
     up, down = torch.nextafter(points, torch.tensor(2.0)), torch.nextafter(points, torch.tensor(-2.0))
     values = torch.cat([points, up, down, torch.tensor([0.0, -0.0, 1.0, -1.0])])
     blocks = [torch.cat([torch.ones(1), b, torch.zeros(63 - len(b))]) for b in values.split(63)]
@@ -342,6 +343,32 @@ def test_blockwise_8bit(dtype, blocksize):
         out = ops.dequantize_blockwise(q, absmax, code.to(DEV), blocksize, dtype)
         scale = ref_a.repeat_interleave(blocksize)[: A.numel()].view(A.shape)
         assert torch.equal(out.cpu(), (code[ref_q.long()] * scale).to(dtype)), size
+
+
+def _codes_for_search():
+    g = torch.Generator().manual_seed(5)
+    sorted_random = torch.cat([torch.rand(254, generator=g) * 2 - 1, torch.tensor([-1.0, 1.0])]).sort().values
+    repeated = sorted_random.clone()
+    repeated[100] = repeated[101]  # equal neighbours: not a strictly rising code
+    unsorted = sorted_random[torch.randperm(256, generator=g)]
+    return {"dynamic": dynamic_map_signed(), "sorted": sorted_random, "repeated": repeated, "unsorted": unsorted}
+
+
+@pytest.mark.parametrize("name", ["dynamic", "sorted", "repeated", "unsorted"])
+def test_blockwise_8bit_every_midpoint(name):
+    # The kernel counts passed midpoints for strictly rising codes and runs bitsandbytes' search
+    # otherwise; both must give the search's bytes at every midpoint, one ulp either side, every
+    # code value and both zeros (each block holds a 1.0, so x is the value itself).
+    code = _codes_for_search()[name]
+    mids = (code[:-1] + code[1:]) * 0.5
+    vals = torch.cat([mids, mids.nextafter(torch.tensor(2.0)), mids.nextafter(torch.tensor(-2.0)), code,
+                      code.nextafter(torch.tensor(2.0)), torch.tensor([0.0, -0.0, 1e-30, -1e-30])]).clamp(-1, 1)
+    blocks = vals.split(255)
+    A = torch.cat([torch.cat([torch.ones(1), b, torch.zeros(255 - b.numel())]) for b in blocks])
+    q, absmax = ops.quantize_blockwise(A.to(DEV), code.to(DEV), 256)
+    ref_q, ref_a = ref_quantize_blockwise(A, code, 256)
+    assert torch.equal(absmax.cpu(), ref_a)
+    assert torch.equal(q.cpu(), ref_q)
 
 
 def test_empty_tensors():

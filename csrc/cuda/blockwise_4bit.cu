@@ -46,15 +46,52 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// NF4 by bucket. A scaled value x in [-1, 1] falls in bucket round(16 x + 16) (0..32, 1/16 wide),
+// which one float add leaves in the low mantissa bits (x * 16 + 1.5 * 2^23 + 16, rounded to an
+// integer there). NF4's 15 thresholds lie at least 0.08 apart, so a bucket holds at most one, and x
+// encodes as the count of thresholds in lower buckets plus whether x > its own bucket's threshold:
+// one shared-memory read and one compare instead of a 4-level search (three dependent reads and
+// twice the instructions). NaN is bucketed as -1 (bucket 0, no threshold), so it encodes as 0, as
+// bitsandbytes' search does; entries 33..63 (past 1) are never reached.
+struct alignas(8) Nf4Bucket {
+  int below;  // thresholds in lower buckets
+  float thr;  // this bucket's threshold, or inf
+};
+constexpr float kBucketMagic = 12582912.0f;  // 1.5 * 2^23
+
+__device__ __forceinline__ int nf4_bucket(float x) {
+  const float y = fmaxf(x, -1.0f);  // NaN -> -1
+  return (__float_as_int(fmaf(y, 16.0f, kBucketMagic + 16.0f)) - __float_as_int(kBucketMagic)) & 63;
+}
+
+// Threads 0..63 each fill one entry (the caller syncs).
+__device__ __forceinline__ void fill_nf4_buckets(Nf4Bucket* t) {
+  const int b = threadIdx.x;
+  if (b >= 64) return;
+  int below = 0;
+  float thr = INFINITY;
+  for (int k = 0; k < 15; ++k) {
+    const int kb = nf4_bucket(kNF4Mid[k]);
+    below += kb < b;
+    if (kb == b) thr = kNF4Mid[k];
+  }
+  t[b] = Nf4Bucket{below, thr};
+}
+
+__device__ __forceinline__ uint32_t encode_nf4(float x, const Nf4Bucket* t) {
+  const Nf4Bucket e = t[nf4_bucket(x)];
+  return uint32_t(e.below) + (x > e.thr ? 1u : 0u);
+}
+
 // Encodes 8 scaled elements and stores their 4 bytes at packed[i/2 ...], clipped to ceil(n/2).
 __device__ __forceinline__ void encode_store8(const float (&v)[8], float inv, int qt,
-                                              const float* mid, uint8_t* packed, int64_t i,
+                                              const Nf4Bucket* buckets, uint8_t* packed, int64_t i,
                                               int64_t n) {
   uint32_t word = 0;
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
     const float x = v[e] * inv;
-    const uint32_t q = qt == 0 ? encode_nf4(x, mid) : encode_fp4(x);
+    const uint32_t q = qt == 0 ? encode_nf4(x, buckets) : encode_fp4(x);
     // Element 2j -> high nibble of byte j, 2j+1 -> low nibble.
     word |= q << (8 * (e / 2) + ((e & 1) ? 0 : 4));
   }
@@ -66,17 +103,18 @@ __device__ __forceinline__ void encode_store8(const float (&v)[8], float inv, in
   }
 }
 
+// 8 blocks per SM (32 registers): at 39 registers and 6 blocks the 16-bit kernel measured 3-9% slower.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) quantize_4bit_kernel(const T* __restrict__ A, int64_t n,
+__global__ void __launch_bounds__(kThreads, 8) quantize_4bit_kernel(const T* __restrict__ A, int64_t n,
                                                                  int bs_log2, int qt, bool vec,
                                                                  uint8_t* __restrict__ packed,
                                                                  float* __restrict__ absmax) {
-  __shared__ float mid[16];
-  if (threadIdx.x < 15) mid[threadIdx.x] = kNF4Mid[threadIdx.x];
+  __shared__ Nf4Bucket buckets[64];
+  fill_nf4_buckets(buckets);
   __syncthreads();
 
   quantize_blocks<kThreads>(A, n, bs_log2, vec, absmax, [&](const float (&v)[8], float inv, int64_t i) {
-    encode_store8(v, inv, qt, mid, packed, i, n);
+    encode_store8(v, inv, qt, buckets, packed, i, n);
   });
 }
 

@@ -8,6 +8,14 @@
 // in shared memory, then the nearer of the final pivot and the neighbour that bracketed x, decided
 // against the float32 midpoint. (That search never reaches index 255 from above and settles ties and
 // NaN the way bitsandbytes does, which a plain nearest-value search would not.)
+// For a code whose midpoints lie strictly above their lower neighbours (every sorted code of
+// distinct, finite values a few ulps apart; the dynamic map), that search's answer is the number of
+// the 255 midpoints x has passed, where passing midpoint j (between code[j - 1] and code[j]) means
+// x > mid for odd j and x >= mid for even j (the landing index is even). So the kernel counts them:
+// an 8-level search over the thresholds in breadth-first order (Eytzinger), where each level's
+// entries are contiguous. Searched in sorted order, a level's candidates sit 2^k words apart, all
+// in one or two banks, and the warp's loads serialized up to 8 ways; this layout has at most 4.
+// Other codes keep bitsandbytes' search.
 //
 // Dequantize: a lane-step writes 16 bytes (8 16-bit or 4 float outputs, always inside one block
 // since blocksize >= 32), so warp stores are coalesced.
@@ -43,12 +51,40 @@ __device__ __forceinline__ uint32_t encode_8bit(float x, const float* code) {
   return x < (lower + val) * 0.5f ? lower_p : pivot;
 }
 
-__device__ __forceinline__ void encode_store8(const float (&v)[8], float inv, const float* code,
+// The next float above finite x: x >= next_up(m) is x > m for every non-NaN x.
+__device__ __forceinline__ float next_up(float x) {
+  if (x == 0.0f) return __uint_as_float(1u);  // from -0 as from +0
+  return __uint_as_float(__float_as_uint(x) + (x > 0.0f ? 1 : -1));
+}
+
+// The thresholds of the counting encoder (above) in breadth-first order: node i (1..255) has
+// children 2i and 2i + 1. Threshold j (1-based rank) sits at level 7 - ctz(j). Each block builds it;
+// returns whether the code qualifies (all threads).
+__device__ __forceinline__ bool build_thresholds(const float* code, float* tree) {
+  bool ok = true;
+  for (int j = threadIdx.x + 1; j < 256; j += blockDim.x) {
+    const float mid = (code[j - 1] + code[j]) * 0.5f;
+    ok = ok && code[j - 1] < mid;  // false for NaN, unsorted or repeated values
+    const int tz = __ffs(j) - 1;
+    tree[(1 << (7 - tz)) + (j >> (tz + 1))] = (j & 1) ? next_up(mid) : mid;
+  }
+  return __syncthreads_and(ok);
+}
+
+__device__ __forceinline__ uint32_t encode_counting(float x, const float* tree) {
+  uint32_t i = 1;
+#pragma unroll
+  for (int level = 0; level < 8; ++level) i = 2 * i + (x >= tree[i] ? 1u : 0u);
+  return i - 256;  // NaN passes nothing: 0
+}
+
+template <bool kCounting>
+__device__ __forceinline__ void encode_store8(const float (&v)[8], float inv, const float* table,
                                               uint8_t* q, int64_t i, int64_t n, bool vec) {
   uint32_t lo = 0, hi = 0;
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
-    const uint32_t c = encode_8bit(v[e] * inv, code);
+    const uint32_t c = kCounting ? encode_counting(v[e] * inv, table) : encode_8bit(v[e] * inv, table);
     if (e < 4) lo |= c << (8 * e);
     else hi |= c << (8 * (e - 4));
   }
@@ -65,13 +101,18 @@ __global__ void __launch_bounds__(kThreads) quantize_8bit_kernel(const T* __rest
                                                                  int64_t n, int bs_log2, bool vec,
                                                                  uint8_t* __restrict__ q,
                                                                  float* __restrict__ absmax) {
-  __shared__ float code[256];
+  __shared__ float code[256], tree[256];
   for (int i = threadIdx.x; i < 256; i += kThreads) code[i] = code_g[i];
   __syncthreads();
-
-  quantize_blocks<kThreads>(A, n, bs_log2, vec, absmax, [&](const float (&v)[8], float inv, int64_t i) {
-    encode_store8(v, inv, code, q, i, n, vec);
-  });
+  if (build_thresholds(code, tree)) {
+    quantize_blocks<kThreads>(A, n, bs_log2, vec, absmax, [&](const float (&v)[8], float inv, int64_t i) {
+      encode_store8<true>(v, inv, tree, q, i, n, vec);
+    });
+  } else {
+    quantize_blocks<kThreads>(A, n, bs_log2, vec, absmax, [&](const float (&v)[8], float inv, int64_t i) {
+      encode_store8<false>(v, inv, code, q, i, n, vec);
+    });
+  }
 }
 
 // A lane-step turns kE codes into 16 bytes of output (8 bf16/fp16 or 4 float): coalesced 512-byte

@@ -29,16 +29,6 @@ static __constant__ float kNF4Mid[15] = {
     0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
     0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f};
 
-// Index of the NF4 value nearest x. A 4-level binary search over the thresholds held in shared
-// memory (`mid`, 15 floats: distinct banks, so divergent lanes never conflict). NaN -> 0.
-__device__ __forceinline__ uint32_t encode_nf4(float x, const float* mid) {
-  uint32_t i = x > mid[7] ? 8u : 0u;
-  i += x > mid[i + 3] ? 4u : 0u;
-  i += x > mid[i + 1] ? 2u : 0u;
-  i += x > mid[i] ? 1u : 0u;
-  return i;
-}
-
 // Index of the FP4 value nearest x: sign bit 8, magnitude by bitsandbytes' float thresholds
 // (written as its literals, which are not all exact midpoints), then the magnitude's 3-bit pattern.
 __device__ __forceinline__ uint32_t encode_fp4(float x) {
