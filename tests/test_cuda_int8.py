@@ -347,6 +347,30 @@ def test_linear_8bit_tensor_core_outlier_product(monkeypatch, path, dtype):
                                    msg=lambda m: f"{path} M={M} N={N} K={K} outliers={n_out}: {m}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_8bit_wgmma_epilogue_rounds(monkeypatch, dtype):
+    # The wgmma GEMM's epilogue stages outlier columns 32 at a time, to 64: one column, a full
+    # round, one past it, two rounds; A only 2-byte aligned, and split-K (few tokens, long K), where
+    # the last block of a tile runs the epilogue. Off Hopper the forced path falls back and this
+    # still checks that path.
+    monkeypatch.setenv("KBIT_INT8_PATH", "wgmma")
+    cases = [(300, 520, 1040, 1, False), (300, 520, 1040, 32, False), (257, 264, 1040, 33, False),
+             (130, 264, 4096, 64, False), (200, 264, 2048, 40, True), (40, 4104, 4096, 20, False)]
+    for M, N, K, n_out, unaligned in cases:
+        A = activations(M, K, dtype, n_outlier_cols=n_out)
+        CB, SCB = weight(N, K)
+        bias = torch.randn(N).to(dtype)
+        a = A.to(DEV)
+        if unaligned:
+            a = torch.empty(M * K + 1, dtype=dtype, device=DEV)[1:].view(M, K)
+            a.copy_(A)
+        got = ops.linear_8bit(a, CB.to(DEV), SCB.to(DEV), 6.0, bias.to(DEV)).cpu()
+        exact = linear_8bit_f64(A, CB, SCB, 6.0, bias)
+        tol = 1e-5 if dtype == torch.float32 else 8e-3
+        torch.testing.assert_close(got.double(), exact, rtol=tol, atol=tol * exact.abs().max().item(),
+                                   msg=lambda m: f"M={M} N={N} K={K} outliers={n_out}: {m}")
+
+
 def test_linear_8bit_outlier_count_switches_inside_a_graph():
     # The choice between the fused epilogue (<= 64 outlier columns) and the tensor-core outlier
     # product is made on the device: one captured graph serves both, in either order.
