@@ -51,8 +51,9 @@ constexpr int kThreads = 256;
 // integer there). NF4's 15 thresholds lie at least 0.08 apart, so a bucket holds at most one, and x
 // encodes as the count of thresholds in lower buckets plus whether x > its own bucket's threshold:
 // one shared-memory read and one compare instead of a 4-level search (three dependent reads and
-// twice the instructions). NaN is bucketed as -1 (bucket 0, no threshold), so it encodes as 0, as
-// bitsandbytes' search does; entries 33..63 (past 1) are never reached.
+// twice the instructions). A NaN x (an all-zero block scales 0 by inf) makes the FMA return the
+// GPU's canonical NaN, 0x7fffffff, whose low bits select entry 63: no threshold, none below, so it
+// encodes as 0, as bitsandbytes' search does. Entries 33..62 (past 1) are never reached.
 struct alignas(8) Nf4Bucket {
   int below;  // thresholds in lower buckets
   float thr;  // this bucket's threshold, or inf
@@ -60,8 +61,7 @@ struct alignas(8) Nf4Bucket {
 constexpr float kBucketMagic = 12582912.0f;  // 1.5 * 2^23
 
 __device__ __forceinline__ int nf4_bucket(float x) {
-  const float y = fmaxf(x, -1.0f);  // NaN -> -1
-  return (__float_as_int(fmaf(y, 16.0f, kBucketMagic + 16.0f)) - __float_as_int(kBucketMagic)) & 63;
+  return (__float_as_int(fmaf(x, 16.0f, kBucketMagic + 16.0f)) - __float_as_int(kBucketMagic)) & 63;
 }
 
 // Threads 0..63 each fill one entry (the caller syncs).
@@ -75,7 +75,7 @@ __device__ __forceinline__ void fill_nf4_buckets(Nf4Bucket* t) {
     below += kb < b;
     if (kb == b) thr = kNF4Mid[k];
   }
-  t[b] = Nf4Bucket{below, thr};
+  t[b] = Nf4Bucket{b == 63 ? 0 : below, thr};
 }
 
 __device__ __forceinline__ uint32_t encode_nf4(float x, const Nf4Bucket* t) {
