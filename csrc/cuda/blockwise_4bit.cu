@@ -2,9 +2,10 @@
 //
 // Quantize: the walk of blockwise_walk.cuh (a thread owns 8 consecutive elements, one 16-byte load
 // for 16-bit inputs, and writes their 4 packed bytes; min(blocksize / 8, 32) lanes share a block's
-// absmax through shuffles; larger blocks take a warp and are read twice). Scaling multiplies by the float32 reciprocal of absmax, as bitsandbytes does, so an
-// all-zero block encodes NaN -> index 0 (it still dequantizes to 0), and the pad nibble of an odd
-// count is the code of 0.0 (0x7 for NF4).
+// absmax through shuffles; larger blocks take a warp and are read twice). Scaling multiplies by the
+// float32 reciprocal of absmax, as bitsandbytes does, so an all-zero block encodes NaN -> index 0
+// (it still dequantizes to 0), and the pad nibble of an odd count is the code of 0.0 (0x7 for NF4).
+// NF4 is encoded through a bucket table (one read and one compare, below).
 //
 // Dequantize: a lane-step turns 4 packed bytes into 8 16-bit outputs (2 into 4 floats): 16 bytes
 // per lane, so each warp store is 512 contiguous bytes. A step never crosses a quantization block
