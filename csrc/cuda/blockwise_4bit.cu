@@ -144,54 +144,40 @@ __global__ void __launch_bounds__(kThreads) dequantize_4bit_kernel(const uint8_t
   if (threadIdx.x < 16) code[threadIdx.x] = kCode4[qt][threadIdx.x];
   __syncthreads();
   const float offset = DQ ? __ldg(s.nested_offset) : 0.0f;
-  const int64_t steps = ceil_div(n, kE);
-  const int64_t nthreads = int64_t(gridDim.x) * kThreads;
-  for (int64_t base = int64_t(blockIdx.x) * kThreads + threadIdx.x; base < steps; base += nthreads * kU) {
-    uint32_t raw[kU];
-    float sc[kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int64_t st = base + u * nthreads;
-      raw[u] = 0;
-      sc[u] = 0.0f;
-      if (st < steps) {
-        sc[u] = block_scale<DQ>(s, (st * kE) >> bs_log2, offset);
+  dequantize_steps<kThreads, kE, kU, uint32_t>(
+      n,
+      [&](int64_t st, uint32_t& raw, float& sc) {
+        sc = block_scale<DQ>(s, (st * kE) >> bs_log2, offset);
         if (vec && st * kE + kE <= n) {
-          if constexpr (kPB == 4) raw[u] = __ldg(reinterpret_cast<const uint32_t*>(packed) + st);
-          else raw[u] = __ldg(reinterpret_cast<const uint16_t*>(packed) + st);
+          if constexpr (kPB == 4) raw = __ldg(reinterpret_cast<const uint32_t*>(packed) + st);
+          else raw = __ldg(reinterpret_cast<const uint16_t*>(packed) + st);
         }
-      }
-    }
+      },
+      [&](int64_t i0, uint32_t raw, float sc) {
+        if (vec && i0 + kE <= n) {
+          uint32_t o[4];
+          if constexpr (sizeof(T) == 2) {
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int64_t st = base + u * nthreads;
-      if (st >= steps) break;
-      const int64_t i0 = st * kE;
-      if (vec && i0 + kE <= n) {
-        uint32_t o[4];
-        if constexpr (sizeof(T) == 2) {
+            for (int b = 0; b < 4; ++b) {
+              const uint32_t byte = (raw >> (8 * b)) & 0xffu;
+              o[b] = pack2<T>(code[byte >> 4] * sc, code[byte & 15] * sc);
+            }
+          } else {
 #pragma unroll
-          for (int b = 0; b < 4; ++b) {
-            const uint32_t byte = (raw[u] >> (8 * b)) & 0xffu;
-            o[b] = pack2<T>(code[byte >> 4] * sc[u], code[byte & 15] * sc[u]);
+            for (int b = 0; b < 2; ++b) {
+              const uint32_t byte = (raw >> (8 * b)) & 0xffu;
+              o[2 * b] = __float_as_uint(code[byte >> 4] * sc);
+              o[2 * b + 1] = __float_as_uint(code[byte & 15] * sc);
+            }
           }
+          *reinterpret_cast<uint4*>(out + i0) = make_uint4(o[0], o[1], o[2], o[3]);
         } else {
-#pragma unroll
-          for (int b = 0; b < 2; ++b) {
-            const uint32_t byte = (raw[u] >> (8 * b)) & 0xffu;
-            o[2 * b] = __float_as_uint(code[byte >> 4] * sc[u]);
-            o[2 * b + 1] = __float_as_uint(code[byte & 15] * sc[u]);
+          for (int e = 0; e < kE && i0 + e < n; ++e) {
+            const uint32_t byte = packed[(i0 + e) / 2];
+            out[i0 + e] = from_f32<T>(code[(i0 + e) % 2 ? byte & 15 : byte >> 4] * sc);
           }
         }
-        *reinterpret_cast<uint4*>(out + i0) = make_uint4(o[0], o[1], o[2], o[3]);
-      } else {
-        for (int e = 0; e < kE && i0 + e < n; ++e) {
-          const uint32_t byte = packed[(i0 + e) / 2];
-          out[i0 + e] = from_f32<T>(code[(i0 + e) % 2 ? byte & 15 : byte >> 4] * sc[u]);
-        }
-      }
-    }
-  }
+      });
 }
 
 

@@ -128,44 +128,30 @@ __global__ void __launch_bounds__(kThreads) dequantize_8bit_kernel(const uint8_t
   __shared__ float code[256];
   for (int i = threadIdx.x; i < 256; i += kThreads) code[i] = code_g[i];
   __syncthreads();
-  const int64_t steps = ceil_div(n, kE);
-  const int64_t nthreads = int64_t(gridDim.x) * kThreads;
-  for (int64_t base = int64_t(blockIdx.x) * kThreads + threadIdx.x; base < steps; base += nthreads * kU) {
-    uint2 raw[kU];
-    float sc[kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int64_t st = base + u * nthreads;
-      raw[u] = make_uint2(0, 0);
-      sc[u] = 0.0f;
-      if (st < steps) {
-        sc[u] = __ldg(absmax + ((st * kE) >> bs_log2));
+  dequantize_steps<kThreads, kE, kU, uint2>(
+      n,
+      [&](int64_t st, uint2& raw, float& sc) {
+        sc = __ldg(absmax + ((st * kE) >> bs_log2));
         if (vec && st * kE + kE <= n) {
-          if constexpr (kE == 8) raw[u] = __ldg(reinterpret_cast<const uint2*>(q) + st);
-          else raw[u].x = __ldg(reinterpret_cast<const uint32_t*>(q) + st);
+          if constexpr (kE == 8) raw = __ldg(reinterpret_cast<const uint2*>(q) + st);
+          else raw.x = __ldg(reinterpret_cast<const uint32_t*>(q) + st);
         }
-      }
-    }
+      },
+      [&](int64_t i0, uint2 raw, float sc) {
+        if (vec && i0 + kE <= n) {
+          float v[8];
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int64_t st = base + u * nthreads;
-      if (st >= steps) break;
-      const int64_t i0 = st * kE;
-      if (vec && i0 + kE <= n) {
-        float v[8];
-#pragma unroll
-        for (int e = 0; e < kE; ++e) v[e] = code[((e < 4 ? raw[u].x : raw[u].y) >> (8 * (e % 4))) & 0xffu] * sc[u];
-        uint4 o;
-        if constexpr (sizeof(T) == 2)
-          o = make_uint4(pack2<T>(v[0], v[1]), pack2<T>(v[2], v[3]), pack2<T>(v[4], v[5]), pack2<T>(v[6], v[7]));
-        else
-          o = make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
-        *reinterpret_cast<uint4*>(out + i0) = o;
-      } else {
-        for (int e = 0; e < kE && i0 + e < n; ++e) out[i0 + e] = from_f32<T>(code[q[i0 + e]] * sc[u]);
-      }
-    }
-  }
+          for (int e = 0; e < kE; ++e) v[e] = code[((e < 4 ? raw.x : raw.y) >> (8 * (e % 4))) & 0xffu] * sc;
+          uint4 o;
+          if constexpr (sizeof(T) == 2)
+            o = make_uint4(pack2<T>(v[0], v[1]), pack2<T>(v[2], v[3]), pack2<T>(v[4], v[5]), pack2<T>(v[6], v[7]));
+          else
+            o = make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
+          *reinterpret_cast<uint4*>(out + i0) = o;
+        } else {
+          for (int e = 0; e < kE && i0 + e < n; ++e) out[i0 + e] = from_f32<T>(code[q[i0 + e]] * sc);
+        }
+      });
 }
 
 

@@ -1,9 +1,14 @@
-// The walk over A that the blockwise quantize kernels (4-bit and 8-bit) share: each warp takes
-// span = max(256, blocksize) consecutive elements per step of a grid-stride loop, a lane 8
-// consecutive elements at a time. Blocks of up to 256 elements are covered by blocksize / 8 lanes,
-// which reduce their absmax through shuffles; larger blocks take the whole warp and are read twice
-// (absmax first, then encoding). The caller's encode(v, 1 / absmax, i) turns elements [i, i + 8)
-// into output; absmax[block] gets the block's largest magnitude.
+// The walks over the data that the blockwise kernels (4-bit and 8-bit) share.
+//
+// Quantize: each warp takes span = max(256, blocksize) consecutive elements per step of a
+// grid-stride loop, a lane 8 consecutive elements at a time. Blocks of up to 256 elements are
+// covered by blocksize / 8 lanes, which reduce their absmax through shuffles; larger blocks take the
+// whole warp and are read twice (absmax first, then encoding). The caller's encode(v, 1 / absmax, i)
+// turns elements [i, i + 8) into output; absmax[block] gets the block's largest magnitude.
+//
+// Dequantize: steps of kE elements (16 bytes of output, inside one quantization block); a thread
+// takes kU steps, a grid apart, per iteration and issues all their loads (load(st, raw, scale))
+// before converting any (emit(first element, raw, scale)), so kU loads are in flight.
 #pragma once
 #include "cuda/common.cuh"
 
@@ -58,6 +63,29 @@ __device__ __forceinline__ void quantize_blocks(const T* __restrict__ A, int64_t
         load8(A, i, n, vec, v);
         encode(v, inv, i);
       }
+    }
+  }
+}
+
+template <int kThreads, int kE, int kU, typename Raw, typename Load, typename Emit>
+__device__ __forceinline__ void dequantize_steps(int64_t n, Load load, Emit emit) {
+  const int64_t steps = ceil_div(n, kE);
+  const int64_t nthreads = int64_t(gridDim.x) * kThreads;
+  for (int64_t base = int64_t(blockIdx.x) * kThreads + threadIdx.x; base < steps; base += nthreads * kU) {
+    Raw raw[kU];
+    float sc[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t st = base + u * nthreads;
+      raw[u] = Raw{};
+      sc[u] = 0.0f;
+      if (st < steps) load(st, raw[u], sc[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t st = base + u * nthreads;
+      if (st >= steps) break;
+      emit(st * kE, raw[u], sc[u]);
     }
   }
 }
