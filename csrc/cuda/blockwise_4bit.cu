@@ -180,7 +180,6 @@ __global__ void __launch_bounds__(kThreads) dequantize_4bit_kernel(const uint8_t
       });
 }
 
-
 template <typename T>
 cudaError_t launch_quantize(const void* A, int64_t n, int64_t blocksize, int qt, uint8_t* packed,
                             float* absmax, cudaStream_t stream) {

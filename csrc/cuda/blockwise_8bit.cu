@@ -154,7 +154,6 @@ __global__ void __launch_bounds__(kThreads) dequantize_8bit_kernel(const uint8_t
       });
 }
 
-
 template <typename T>
 cudaError_t launch_quantize(const void* A, const float* code, int64_t n, int64_t blocksize, uint8_t* q,
                             float* absmax, cudaStream_t stream) {

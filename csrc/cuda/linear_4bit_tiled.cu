@@ -41,7 +41,6 @@ __device__ __forceinline__ int swz(int row, int piece) {
   return piece ^ (((piece >> 3) & 1) << 1) ^ (row & 1);
 }
 
-
 // Copies the 64 x 128 activation tile of chunk c into stage buffer `dst` (shared address).
 template <typename T>
 __device__ __forceinline__ void load_act(uint32_t dst, const T* A, int64_t M, int64_t K, int64_t tok0,
