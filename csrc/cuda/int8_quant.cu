@@ -18,8 +18,10 @@
 // words. Each block gathers its slice of W's first kOutlierGather outlier columns for the fused
 // epilogues and, when there are at most kOutlierCompact, of A's and W's outlier columns for
 // int8_outlier_matmul (the (row, column) pairs spread over all its threads so the scattered reads
-// overlap); and it zeroes q's outlier columns in its slice of rows, 8 columns at a time by the mask
-// byte that covers them (at most one pass over q, however many columns).
+// overlap); and it zeroes q's outlier columns in its slice of rows: up to kOutlierCompact columns
+// by plain byte stores from the list (no reads, so nothing waits on memory), past that 8 columns at
+// a time by the mask byte that covers them (at most one pass over q, however many columns). For
+// few columns that walk was a chain of dependent L2 reads (benchmarks/RESULTS.md, session 12).
 #include <algorithm>
 
 #include "cuda/int8_common.cuh"
@@ -231,7 +233,7 @@ __global__ void __launch_bounds__(kThreads)
   if (walk.total == 0) return;
   const int64_t r0 = int64_t(blockIdx.x) * rows_per_block, nr = max(int64_t(0), min(p.rows, r0 + rows_per_block) - r0);
   const int64_t n0 = int64_t(blockIdx.x) * n_per_block, nn = max(int64_t(0), min(p.N, n0 + n_per_block) - n0);
-  if (p.Wo || p.Wc) {
+  if (p.Wo || p.Wc || p.q) {
     walk.fill(0, kOutlierCompact, s_list);
     __syncthreads();
   }
@@ -252,7 +254,10 @@ __global__ void __launch_bounds__(kThreads)
       gather_rows(static_cast<const uint16_t*>(p.A), static_cast<uint16_t*>(p.Ac), p.cols, p.compact, r0, nr,
                   s_list, walk.total);
   }
-  if (p.q) {  // q zeroed in the outlier columns: warps take rows, lanes 8-column pieces (by the mask byte)
+  if (p.q && walk.total <= kOutlierCompact) {  // q zeroed in the outlier columns: one byte store each
+    const int cnt = walk.total;  // nr * cnt < 2^30: rows < 2^31 over at most 1024 blocks
+    for (int i = threadIdx.x; i < int(nr) * cnt; i += kThreads) p.q[(r0 + i / cnt) * p.cols + s_list[i % cnt]] = 0;
+  } else if (p.q) {  // many columns: warps take rows, lanes 8-column pieces (by the mask byte)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int64_t c = int64_t(lane) * 8; c < p.cols; c += 32 * 8) {
       const uint32_t bits = (p.colmask[c >> 5] >> (c & 31)) & 0xffu;
