@@ -126,15 +126,20 @@ int sm_count();
 // device; 0 if it cannot be read.
 int compute_capability();
 
+// The 8 16-bit values of a 16-byte load as floats.
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&v)[8]) {
+  const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) v[e] = to_f32(h[e]);
+}
+
 // Loads elements [i, i+8) of A as floats; out-of-range elements read as 0.
 template <typename T>
 __device__ __forceinline__ void load8(const T* A, int64_t i, int64_t n, bool vec, float (&v)[8]) {
   if (vec && i + 8 <= n) {
     if constexpr (sizeof(T) == 2) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(A + i));
-      const T* h = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] = to_f32(h[e]);
+      unpack8<T>(__ldg(reinterpret_cast<const uint4*>(A + i)), v);
     } else {
       const float4 a = __ldg(reinterpret_cast<const float4*>(A + i));
       const float4 b = __ldg(reinterpret_cast<const float4*>(A + i) + 1);
