@@ -11,6 +11,8 @@
 // per lane, so each warp store is 512 contiguous bytes. A step never crosses a quantization block
 // (blocksize >= 32), so one scale per step; codes come from a 16-entry float table in shared memory
 // (distinct banks, no conflicts).
+#include <cstdlib>
+
 #include "cuda/blockwise_4bit.cuh"
 #include "cuda/blockwise_walk.cuh"
 #include "cuda/common.cuh"
@@ -41,6 +43,11 @@ int compute_capability() {
     return 0;
   if (dev < 64) cached[dev] = 10 * major + minor;
   return 10 * major + minor;
+}
+
+bool pdl_allowed() {
+  static const bool disabled = std::getenv("KBIT_NO_PDL") != nullptr;
+  return !disabled && compute_capability() >= 90;
 }
 
 namespace {

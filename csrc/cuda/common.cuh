@@ -1,11 +1,13 @@
 // Device helpers shared by kbit's CUDA kernels: the 4-bit code values and the exact encoders
-// bitsandbytes uses, 16-bit type traits, vector loads, and launch checks. Torch-free.
+// bitsandbytes uses, 16-bit type traits, vector loads, launch checks and programmatic dependent
+// launch. Torch-free.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "cuda/blockwise_dtype.h"
 #include "cuda/dynamic_smem.cuh"
@@ -158,6 +160,41 @@ inline int split_k_ways(int64_t tiles, int64_t slots, int64_t nchunks) {
   int64_t s = slots / tiles;
   if (s > nchunks / 4) s = nchunks / 4;
   return int(s < 1 ? 1 : s);
+}
+
+// PDL (sm_90): a kernel launched with programmatic stream serialization may start while the
+// previous kernel runs; griddep_wait() blocks until that kernel has finished and its writes are
+// visible. A no-op when not launched that way. griddep_launch() lets the next kernel start early.
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void griddep_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether launches may use PDL: sm_90 and up; KBIT_NO_PDL=1 turns it off (for A/B timing).
+bool pdl_allowed();
+
+// kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization when pdl
+// (the kernel must then griddep_wait() before it reads what the previous kernel writes).
+template <typename... Params, typename... Args>
+cudaError_t launch_maybe_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                             bool pdl, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 // Blocks for a grid-stride loop over `items` with `per_block` per block, capped at 16 per SM.

@@ -1,5 +1,5 @@
-// Device helpers of the LLM.int8() kernels (element conversion is common.cuh's): magnitudes as
-// bit patterns, programmatic dependent launch (PDL), a block-wide scan, and the outlier-column walk
+// Device helpers of the LLM.int8() kernels (element conversion and programmatic dependent launch
+// are common.cuh's): magnitudes as bit patterns, a block-wide scan, and the outlier-column walk
 // that the epilogues share. Torch-free.
 #pragma once
 #include <cuda_bf16.h>
@@ -36,19 +36,6 @@ __host__ __device__ inline uint32_t threshold_bits(float threshold) {
   return v.u;
 }
 
-// PDL (sm_90): a kernel launched with programmatic stream serialization may start while the
-// previous kernel runs; griddep_wait() blocks until that kernel has finished and its writes are
-// visible. A no-op when not launched that way. griddep_launch() lets the next kernel start early.
-__device__ __forceinline__ void griddep_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void griddep_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
 
 // Calls f(T{}) for the element type (float, __half or __nv_bfloat16) that an Int8Dtype code names:
 // the launchers' one type switch; cudaErrorInvalidValue for any other code.

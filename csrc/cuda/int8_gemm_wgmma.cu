@@ -119,26 +119,35 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const __grid_constant
   // Thread 0 copies K tile kt into stage s with two TMAs (128 token rows, 256 weight rows, zeros
   // past M, N and K); mbarrier s counts their bytes.
   const uint32_t bar = sbase + kBarAt;
-  auto load_stage = [&](int s, int64_t kt) {
-    const uint32_t st = sbase + s * kStageBytes;
+  auto load_w = [&](int s, int64_t kt) {
     wgmma::mbar_arrive_expect(bar + 8 * s, kStageBytes);
-    wgmma::tma_load_2d(st, &amap, int32_t(kt * kTileK), int32_t(m0), bar + 8 * s);
-    wgmma::tma_load_2d(st + kAStage, &wmap, int32_t(kt * kTileK), int32_t(n0), bar + 8 * s);
+    wgmma::tma_load_2d(sbase + s * kStageBytes + kAStage, &wmap, int32_t(kt * kTileK), int32_t(n0), bar + 8 * s);
+  };
+  auto load_a = [&](int s, int64_t kt) {
+    wgmma::tma_load_2d(sbase + s * kStageBytes, &amap, int32_t(kt * kTileK), int32_t(m0), bar + 8 * s);
   };
 
   int acc[128];
 #pragma unroll
   for (int i = 0; i < 128; ++i) acc[i] = 0;
+  // Launched with PDL behind the kernel that writes Aq (and the statistics, the outlier list):
+  // the first stages' weight tiles are requested before waiting for it, the activations after.
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) wgmma::mbar_init(bar + 8 * s, 1);
     wgmma::mbar_init_fence();
-    for (int s = 0; s < kStages - 2 && s < nkt; ++s) load_stage(s, kt0 + s);
+    for (int s = 0; s < kStages - 2 && s < nkt; ++s) load_w(s, kt0 + s);
   }
+  griddep_wait();
+  if (tid == 0)
+    for (int s = 0; s < kStages - 2 && s < nkt; ++s) load_a(s, kt0 + s);
   for (int it = 0; it < nkt; ++it) {
     // Every warpgroup is done with tile it - 2, whose stage the next copy overwrites (and, at the
     // first tile, the mbarriers are initialized).
     __syncthreads();
-    if (tid == 0 && it + kStages - 2 < nkt) load_stage((it + kStages - 2) % kStages, kt0 + it + kStages - 2);
+    if (tid == 0 && it + kStages - 2 < nkt) {
+      load_w((it + kStages - 2) % kStages, kt0 + it + kStages - 2);
+      load_a((it + kStages - 2) % kStages, kt0 + it + kStages - 2);
+    }
     wgmma::mbar_wait(bar + 8 * (it % kStages), uint32_t(it / kStages) & 1u);
     const uint32_t st = sbase + (it % kStages) * kStageBytes;
     wgmma::fence();
@@ -151,6 +160,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const __grid_constant
   }
   wgmma::wait<0>();
   fence_acc(acc);
+  griddep_launch();  // int8_outlier_matmul may start (it waits for this kernel's output)
 
   // Fragment element k = 4i + 2h + e: token row rl + 8h, feature column 8i + 2(lane % 4) + e.
   const int rl = 64 * wg + 16 * warp + lane / 4, cl = 2 * (lane % 4);
@@ -273,8 +283,7 @@ cudaError_t launch(const GemmParams& p, int splits, cudaStream_t stream) {
   if (e != cudaSuccess) return e;
   e = tensor_map_sw128(&wmap, p.W, p.N, p.K, 1, kTileN);
   if (e != cudaSuccess) return e;
-  gemm_kernel<TO><<<grid, kThreads, kSmem, stream>>>(amap, wmap, p);
-  return cudaGetLastError();
+  return launch_maybe_pdl(gemm_kernel<TO>, grid, dim3(kThreads), kSmem, stream, pdl_allowed(), amap, wmap, p);
 }
 
 int64_t k_tiles(int64_t K) { return ceil_div(K, kTileK); }

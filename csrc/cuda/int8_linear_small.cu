@@ -22,7 +22,6 @@
 //
 // Shapes the tensor-core kernel cannot take (K % 16 != 0, unaligned rows) go to a generic kernel:
 // one warp per output, lanes along K. Correct for any shape, not fast.
-#include <cstdlib>
 
 #include "cuda/int8_common.cuh"
 
@@ -342,25 +341,9 @@ __global__ void __launch_bounds__(kThreads) generic_kernel(const SmallParams p) 
   static_cast<TO*>(p.out)[m * p.N + n] = from_f32<TO>(v);
 }
 
-// Programmatic dependent launch needs sm_90; KBIT_NO_PDL=1 turns it off (for A/B timing).
-bool pdl_allowed() {
-  static const bool disabled = std::getenv("KBIT_NO_PDL") != nullptr;
-  return !disabled && compute_capability() >= 90;
-}
-
 template <typename Kernel>
 cudaError_t launch(Kernel kernel, dim3 grid, bool pdl, cudaStream_t stream, const SmallParams& p) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, p);
+  return launch_maybe_pdl(kernel, grid, dim3(kThreads), 0, stream, pdl, p);
 }
 
 template <typename TO>

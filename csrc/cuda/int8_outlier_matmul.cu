@@ -181,6 +181,7 @@ __device__ __forceinline__ void outlier_tile(const OutlierParams& p, int total, 
 
 template <typename TA>
 __global__ void __launch_bounds__(kThreads, 2) outlier_matmul_kernel(const OutlierParams p) {
+  griddep_wait();  // the GEMM's output, which this adds to
   const int total = *p.count;
   if (total <= kOutlierGather) return;  // the fused epilogue did it
   __shared__ __align__(16) uint16_t s_ahi[kTileM * kPitch];
@@ -205,8 +206,8 @@ cudaError_t int8_outlier_matmul(const int32_t* list, const int32_t* count, const
   const OutlierParams p{list, count, A, W, w_stats, M, N, K, Ac, Wc, compact, out};
   const dim3 grid{unsigned(std::min<int64_t>(tiles, 2 * int64_t(sm_count())))};
   return int8::with_dtype(a_dtype, [&](auto t) {
-    outlier_matmul_kernel<decltype(t)><<<grid, kThreads, 0, stream>>>(p);
-    return cudaGetLastError();
+    return launch_maybe_pdl(outlier_matmul_kernel<decltype(t)>, grid, dim3(kThreads), 0, stream,
+                                  pdl_allowed(), p);
   });
 }
 

@@ -223,6 +223,8 @@ __global__ void __launch_bounds__(kThreads)
     outlier_prep_kernel(const OutlierPrep p, int64_t rows_per_block, int64_t n_per_block, bool q_vec) {
   __shared__ int scratch[32];
   __shared__ int s_list[kOutlierCompact];
+  griddep_wait();    // int8_row_quant's mask and q
+  griddep_launch();  // the GEMM may set up and load W meanwhile (it waits before reading ours)
   OutlierWalk walk;
   walk.begin(p.colmask, p.cols, scratch);
   if (blockIdx.x == 0) {  // each thread writes the ranks of its own mask words
@@ -332,8 +334,8 @@ cudaError_t int8_outlier_prep(const OutlierPrep& p, cudaStream_t stream) {
   blocks = std::min<int64_t>(std::max<int64_t>(blocks, 1), 1024);
   const int64_t rows_per_block = (rows + blocks - 1) / blocks, n_per_block = (N + blocks - 1) / blocks;
   const bool q_vec = p.cols % 8 == 0 && reinterpret_cast<uintptr_t>(p.q) % 8 == 0;
-  outlier_prep_kernel<<<int(blocks), kThreads, 0, stream>>>(p, rows_per_block, n_per_block, q_vec);
-  return cudaGetLastError();
+  return launch_maybe_pdl(outlier_prep_kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, pdl_allowed(), p,
+                          rows_per_block, n_per_block, q_vec);
 }
 
 }  // namespace kbit::cuda
