@@ -15,6 +15,11 @@
 //                                            more than kOutlierGather outlier columns (the two
 //                                            above leave it out then); returns at once otherwise
 // No step reads anything back to the host, so shapes are static (CUDA graphs, torch.compile).
+// On sm_90, int8_linear_small (when chained), int8_outlier_prep, int8_gemm_wgmma and
+// int8_outlier_matmul are launched with programmatic dependent launch (PDL, common.cuh): each may
+// start while the kernel before it finishes and waits (griddepcontrol.wait) before it reads that
+// kernel's output; the wgmma GEMM requests its first weight tiles before waiting. KBIT_NO_PDL=1
+// turns it off.
 #pragma once
 #include <cuda_runtime.h>
 
