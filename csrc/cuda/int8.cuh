@@ -15,7 +15,7 @@
 //                                            more than kOutlierGather outlier columns (the two
 //                                            above leave it out then); returns at once otherwise
 // No step reads anything back to the host, so shapes are static (CUDA graphs, torch.compile).
-// On sm_90, int8_linear_small (when chained), int8_outlier_prep, int8_gemm_wgmma and
+// On sm_90, int8_linear_small and int8_gemm_wgmma (when chained), int8_outlier_prep and
 // int8_outlier_matmul are launched with programmatic dependent launch (PDL, common.cuh): each may
 // start while the kernel before it finishes and waits (griddepcontrol.wait) before it reads that
 // kernel's output; the wgmma GEMM requests its first weight tiles before waiting. KBIT_NO_PDL=1
@@ -101,7 +101,10 @@ cudaError_t int8_outlier_matmul(const int32_t* list, const int32_t* count, const
 // applied to Aq @ W^T, computed on warpgroup MMAs in the same kernel. Needs K % 16 == 0,
 // N % 8 == 0 and 16-byte aligned Aq and W; with count (not null), Aq zeroed in the listed columns
 // and list / Wo as int8_outlier_prep makes them. splits > 1 splits K across blocks: workspace then
-// holds int8_gemm_wgmma_workspace(M, N, splits) int32 zeros (it is left dirty).
+// holds int8_gemm_wgmma_workspace(M, N, splits) int32 zeros (it is left dirty). chained: the
+// previous kernel on the stream is int8_row_quant or int8_outlier_prep, which write no W, so this
+// one is launched with PDL and requests its first W tiles before waiting for that kernel; otherwise
+// (W may have just been written) it starts after it, as usual.
 bool int8_gemm_wgmma_supported(int64_t M, int64_t N, int64_t K);
 // Ways to split K so that few-token problems fill the GPU (1: no workspace needed).
 int int8_gemm_wgmma_splits(int64_t M, int64_t N, int64_t K);
@@ -110,6 +113,6 @@ int64_t int8_gemm_wgmma_workspace(int64_t M, int64_t N, int splits);
 cudaError_t int8_gemm_wgmma(const int8_t* Aq, const float* a_stats, const int8_t* W, const float* w_stats,
                             const float* bias, int64_t M, int64_t N, int64_t K, const int32_t* list,
                             const int32_t* count, const int8_t* Wo, const void* A, int a_dtype, void* out,
-                            int out_dtype, int splits, int32_t* workspace, cudaStream_t stream);
+                            int out_dtype, int splits, int32_t* workspace, bool chained, cudaStream_t stream);
 
 }  // namespace kbit::cuda

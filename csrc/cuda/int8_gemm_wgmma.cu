@@ -130,8 +130,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const __grid_constant
   int acc[128];
 #pragma unroll
   for (int i = 0; i < 128; ++i) acc[i] = 0;
-  // Launched with PDL behind the kernel that writes Aq (and the statistics, the outlier list):
-  // the first stages' weight tiles are requested before waiting for it, the activations after.
+  // When chained (launched with PDL behind the kernel that writes Aq, the statistics and the
+  // outlier list, never W), the first stages' weight tiles are requested before waiting for that
+  // kernel and the activations after; otherwise the wait returns at once.
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) wgmma::mbar_init(bar + 8 * s, 1);
     wgmma::mbar_init_fence();
@@ -273,7 +274,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const __grid_constant
 }
 
 template <typename TO>
-cudaError_t launch(const GemmParams& p, int splits, cudaStream_t stream) {
+cudaError_t launch(const GemmParams& p, int splits, bool pdl, cudaStream_t stream) {
   static bool smem_allowed[64] = {};
   cudaError_t e = allow_dynamic_smem(gemm_kernel<TO>, kSmem, smem_allowed);
   if (e != cudaSuccess) return e;
@@ -283,7 +284,7 @@ cudaError_t launch(const GemmParams& p, int splits, cudaStream_t stream) {
   if (e != cudaSuccess) return e;
   e = tensor_map_sw128(&wmap, p.W, p.N, p.K, 1, kTileN);
   if (e != cudaSuccess) return e;
-  return launch_maybe_pdl(gemm_kernel<TO>, grid, dim3(kThreads), kSmem, stream, pdl_allowed(), amap, wmap, p);
+  return launch_maybe_pdl(gemm_kernel<TO>, grid, dim3(kThreads), kSmem, stream, pdl, amap, wmap, p);
 }
 
 int64_t k_tiles(int64_t K) { return ceil_div(K, kTileK); }
@@ -314,7 +315,7 @@ int64_t int8_gemm_wgmma_workspace(int64_t M, int64_t N, int splits) {
 cudaError_t int8_gemm_wgmma(const int8_t* Aq, const float* a_stats, const int8_t* W, const float* w_stats,
                             const float* bias, int64_t M, int64_t N, int64_t K, const int32_t* list,
                             const int32_t* count, const int8_t* Wo, const void* A, int a_dtype, void* out,
-                            int out_dtype, int splits, int32_t* workspace, cudaStream_t stream) {
+                            int out_dtype, int splits, int32_t* workspace, bool chained, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return cudaSuccess;
   if (!int8_gemm_wgmma_supported(M, N, K) || !aligned16(Aq) || !aligned16(W) || splits < 1 ||
       (splits > 1 && workspace == nullptr))
@@ -323,7 +324,8 @@ cudaError_t int8_gemm_wgmma(const int8_t* Aq, const float* a_stats, const int8_t
   const GemmParams p{Aq, a_stats, W, w_stats, bias, M, N, K, list, count, Wo, A, a_dtype, out, per,
                      splits > 1 ? workspace : nullptr};
   const int used = int(ceil_div(k_tiles(K), per));
-  return with_dtype(out_dtype, [&](auto t) { return launch<decltype(t)>(p, used, stream); });
+  const bool pdl = chained && pdl_allowed();
+  return with_dtype(out_dtype, [&](auto t) { return launch<decltype(t)>(p, used, pdl, stream); });
 }
 
 }  // namespace kbit::cuda

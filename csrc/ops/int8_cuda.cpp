@@ -125,7 +125,7 @@ void int8_gemm(const at::Tensor& q, const at::Tensor& rs, const at::Tensor& w, c
                                        ws.data_ptr<float>(), ptr_or_null<float>(bias), M, N, K,
                                        ptr_or_null<int32_t>(list), ptr_or_null<int32_t>(count),
                                        ptr_or_null<int8_t>(Wo), a_ptr, a_code, out.data_ptr(), out_code, splits,
-                                       ptr_or_null<int32_t>(work), stream),
+                                       ptr_or_null<int32_t>(work), chained, stream),
                  "int8_gemm_wgmma");
   } else {
     const at::Tensor C = at::_int_mm(q.view({M, K}), w.t());
@@ -220,6 +220,9 @@ at::Tensor linear_8bit_cuda(const at::Tensor& A, const at::Tensor& W_q, const at
     return out.view(out_shape(A, N));
   }
   auto a = A.contiguous();
+  // Made contiguous before int8_row_quant: the GEMM is chained to it (PDL) and may read W before
+  // that kernel has finished, so no kernel that writes W may come between them.
+  const auto w = W_q.contiguous(), w_s = w_stats.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   const float thr = rounded_threshold(A.scalar_type(), threshold);
   auto q = at::empty({M, K}, A.options().dtype(at::kChar));
@@ -229,7 +232,7 @@ at::Tensor linear_8bit_cuda(const at::Tensor& A, const at::Tensor& W_q, const at
   check_launch(cuda::int8_row_quant(a.data_ptr(), dtype_code(A.scalar_type()), M, K, thr, q.data_ptr<int8_t>(),
                                     rs.data_ptr<float>(), ptr_or_null<uint32_t>(colmask), stream),
                "int8_row_quant");
-  int8_gemm(q, rs, W_q.contiguous(), w_stats.contiguous(), b, colmask, a, M, N, K, out, /*chained=*/true);
+  int8_gemm(q, rs, w, w_s, b, colmask, a, M, N, K, out, /*chained=*/true);
   return out.view(out_shape(A, N));
 }
 
