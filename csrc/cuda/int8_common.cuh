@@ -36,7 +36,6 @@ __host__ __device__ inline uint32_t threshold_bits(float threshold) {
   return v.u;
 }
 
-
 // Calls f(T{}) for the element type (float, __half or __nv_bfloat16) that an Int8Dtype code names:
 // the launchers' one type switch; cudaErrorInvalidValue for any other code.
 template <typename F>

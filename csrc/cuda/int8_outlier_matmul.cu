@@ -206,8 +206,7 @@ cudaError_t int8_outlier_matmul(const int32_t* list, const int32_t* count, const
   const OutlierParams p{list, count, A, W, w_stats, M, N, K, Ac, Wc, compact, out};
   const dim3 grid{unsigned(std::min<int64_t>(tiles, 2 * int64_t(sm_count())))};
   return int8::with_dtype(a_dtype, [&](auto t) {
-    return launch_maybe_pdl(outlier_matmul_kernel<decltype(t)>, grid, dim3(kThreads), 0, stream,
-                                  pdl_allowed(), p);
+    return launch_maybe_pdl(outlier_matmul_kernel<decltype(t)>, grid, dim3(kThreads), 0, stream, pdl_allowed(), p);
   });
 }
 
