@@ -11,44 +11,11 @@
 // per lane, so each warp store is 512 contiguous bytes. A step never crosses a quantization block
 // (blocksize >= 32), so one scale per step; codes come from a 16-entry float table in shared memory
 // (distinct banks, no conflicts).
-#include <cstdlib>
-
 #include "cuda/blockwise_4bit.cuh"
 #include "cuda/blockwise_walk.cuh"
 #include "cuda/common.cuh"
 
 namespace kbit::cuda {
-
-int sm_count() {
-  static int cached[64] = {0};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  if (dev < 0 || dev >= 64) return 132;
-  if (cached[dev] == 0) {
-    int n = 0;
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    cached[dev] = n > 0 ? n : 132;
-  }
-  return cached[dev];
-}
-
-int compute_capability() {
-  static int cached[64] = {0};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return 0;
-  if (dev < 64 && cached[dev] != 0) return cached[dev];
-  int major = 0, minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
-    return 0;
-  if (dev < 64) cached[dev] = 10 * major + minor;
-  return 10 * major + minor;
-}
-
-bool pdl_allowed() {
-  static const bool disabled = std::getenv("KBIT_NO_PDL") != nullptr;
-  return !disabled && compute_capability() >= 90;
-}
 
 namespace {
 

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "cuda/blockwise_dtype.h"
+#include "cuda/device_info.h"
 #include "cuda/dynamic_smem.cuh"
 
 namespace kbit::cuda {
@@ -121,13 +122,6 @@ inline int log2_exact(int64_t v) {
 
 __host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
-// Multiprocessor count of the current device (cached per device).
-int sm_count();
-
-// Compute capability of the current device as 10 * major + minor (90 for an H100), cached per
-// device; 0 if it cannot be read.
-int compute_capability();
-
 // The 8 16-bit values of a 16-byte load as floats.
 template <typename T>
 __device__ __forceinline__ void unpack8(const uint4& raw, float (&v)[8]) {
@@ -175,9 +169,6 @@ __device__ __forceinline__ void griddep_launch() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-
-// Whether launches may use PDL: sm_90 and up; KBIT_NO_PDL=1 turns it off (for A/B timing).
-bool pdl_allowed();
 
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization when pdl
 // (the kernel must then griddep_wait() before it reads what the previous kernel writes).

@@ -31,6 +31,7 @@
 
 #include "core/code_lookup.h"
 #include "cuda/dynamic_smem.cuh"
+#include "cuda/device_info.h"
 #include "cuda/optim_adam.cuh"
 #include "cuda/optim_common.cuh"
 
@@ -276,7 +277,7 @@ cudaError_t adam_update_8bit_blockwise(T* p, const T* g, uint8_t* state1, uint8_
                                        cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const int64_t blocks = (n + core::kOptimBlocksize - 1) / core::kOptimBlocksize;
-  const int grid = int(std::min<int64_t>((blocks + kWarps - 1) / kWarps, optim::sm_count()));
+  const int grid = int(std::min<int64_t>((blocks + kWarps - 1) / kWarps, sm_count()));
   const bool vec = optim::aligned(p, 16) && optim::aligned(g, 16) && optim::aligned(state1, 8) &&
                    optim::aligned(state2, 8);
   auto kernel = vec ? adam_8bit_lookup_kernel<T, true> : adam_8bit_lookup_kernel<T, false>;
@@ -293,7 +294,7 @@ cudaError_t adam_update_32bit(T* p, const T* g, float* m, float* v, int64_t n,
   if (n == 0) return cudaSuccess;
   constexpr int kRun = 16 / sizeof(T) >= 4 ? 16 / sizeof(T) : 4;
   const int64_t want = ((n + kRun - 1) / kRun + k32Threads - 1) / k32Threads;
-  const int grid = int(std::max<int64_t>(1, std::min<int64_t>(want, int64_t(optim::sm_count()) * 8)));
+  const int grid = int(std::max<int64_t>(1, std::min<int64_t>(want, int64_t(sm_count()) * 8)));
   const bool vec =
       optim::aligned(p, 16) && optim::aligned(g, 16) && optim::aligned(m, 16) && optim::aligned(v, 16);
   if (vec) {

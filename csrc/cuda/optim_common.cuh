@@ -58,14 +58,4 @@ __device__ __forceinline__ void store_vec(T* dst, const float* src) {
 
 inline bool aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
-// Streaming multiprocessors of the current device (cached per device).
-inline int sm_count() {
-  static int sms[64] = {0};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  int& count = sms[dev < 64 ? dev : 0];
-  if (count == 0) cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev);
-  return count;
-}
-
 }  // namespace kbit::cuda::optim
